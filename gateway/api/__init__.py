@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: they orchestrate, the modules they call do the work."""

@@ -1,0 +1,17 @@
+"""How handlers receive the AppState built in the lifespan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.gateway
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]

@@ -1,0 +1,231 @@
+"""The one error tree: every error the gateway returns, with its HTTP status and OpenAI envelope.
+
+The openai SDK picks its exception class from the HTTP status, so the status is the contract;
+`type` and `code` are stable strings clients may branch on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+    log_level: int = logging.ERROR
+    # True when another worker may be tried (nothing reached the worker, or it refused up front).
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def envelope(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+    def sse_event(self) -> bytes:
+        """The error as one SSE event followed by the stream terminator."""
+        return b"data: " + self.body() + b"\n\ndata: [DONE]\n\n"
+
+    def to_response(self, extra_headers: Mapping[str, str] | None = None) -> Response:
+        headers = {**self.headers, **(extra_headers or {})}
+        return Response(self.body(), self.status, headers, media_type="application/json")
+
+
+# --- the client's fault (4xx) -------------------------------------------------------------------
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+    log_level = logging.INFO
+
+
+class InvalidJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class MissingParameter(InvalidRequest):
+    code = "missing_required_parameter"
+
+
+class InvalidType(InvalidRequest):
+    code = "invalid_type"
+
+
+class InvalidValue(InvalidRequest):
+    code = "invalid_value"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    log_level = logging.INFO
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
+
+
+class UnknownRoute(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "unknown_url"
+    log_level = logging.INFO
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    log_level = logging.INFO
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    log_level = logging.INFO
+
+
+# --- the worker's fault, seen by the gateway (5xx) ----------------------------------------------
+
+
+class UpstreamUnavailable(GatewayError):
+    """The worker could not be reached: nothing was sent, so another worker may be tried."""
+
+    status = 502
+    code = "upstream_unavailable"
+    log_level = logging.WARNING
+    retryable = True
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"
+    log_level = logging.WARNING
+
+
+class UpstreamFailed(GatewayError):
+    """The worker answered with a server error, broke the protocol, or cut the stream."""
+
+    status = 502
+    code = "upstream_error"
+    log_level = logging.WARNING
+
+
+class UpstreamOverloaded(GatewayError):
+    """The worker itself answered 503 (its queue is full): safe to try another worker."""
+
+    status = 503
+    code = "upstream_overloaded"
+    log_level = logging.WARNING
+    retryable = True
+
+
+class UpstreamRejected(GatewayError):
+    """The worker refused the request (4xx): its status and message reach the client as they are."""
+
+    type = "invalid_request_error"
+    code = None
+    log_level = logging.INFO
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+
+
+class InternalError(GatewayError):
+    """A bug in the gateway. The message never carries details of the request."""
+
+
+def upstream_error_from_body(status: int, body: bytes) -> GatewayError:
+    """Map a worker's error answer (vLLM's envelope, or anything else) onto our tree."""
+    message, param = _upstream_message(body)
+    if status == 503:
+        return UpstreamOverloaded(f"worker overloaded: {message}")
+    if status >= 500:
+        return UpstreamFailed(f"worker error {status}: {message}")
+    return UpstreamRejected(status, message, param=param)
+
+
+def _upstream_message(body: bytes) -> tuple[str, str | None]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:500] or "(empty body)", None)
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        param = error.get("param")
+        return (str(error.get("message", "")), param if isinstance(param, str) else None)
+    if isinstance(error, str):
+        return (error, None)
+    detail = doc.get("detail") if isinstance(doc, dict) else None
+    return (str(detail if detail is not None else doc)[:500], None)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Make every error leave in the OpenAI envelope: ours, routing/validation ones, and bugs."""
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return exc.to_response()
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        method, path = request.method, request.url.path
+        if exc.status_code == 404:
+            error: GatewayError = UnknownRoute(f"Invalid URL ({method} {path})")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"Method {method} is not allowed on {path}")
+        else:
+            error = InvalidRequest(str(exc.detail))
+            error.status = exc.status_code
+        return error.to_response(exc.headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return InvalidRequest(f"Invalid '{param}': {first['msg']}", param=param).to_response()
+
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        logging.getLogger("gateway").error(
+            "unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path
+        )
+        return InternalError("The gateway failed to handle the request.").to_response()
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_bug)

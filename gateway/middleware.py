@@ -1,0 +1,60 @@
+"""Pure ASGI middleware: request id in and out, and the request counter and latency histogram."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.metrics import Metrics
+
+_KNOWN_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
+)
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's X-Request-Id when it is a sane token, else a fresh random one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _CLIENT_REQUEST_ID.fullmatch(value):
+                return value
+            break
+    return os.urandom(16).hex().encode()
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope["headers"])
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id.decode()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            self.metrics.observe_request(
+                state.get("model", "-"),
+                path if path in _KNOWN_ENDPOINTS else "other",
+                499 if state.get("client_gone") else status,
+                time.perf_counter() - started,
+            )

@@ -1,0 +1,21 @@
+"""AppState: everything a request needs, built once per app in the lifespan (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.metrics import Metrics
+from gateway.models_config import ModelsConfig
+from gateway.routing.registry import Registry
+from gateway.settings import Settings
+from gateway.upstream import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    settings: Settings
+    config: ModelsConfig
+    registry: Registry
+    upstream: Upstream
+    metrics: Metrics
+    models_body: bytes  # GET /v1/models, rendered once

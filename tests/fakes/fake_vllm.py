@@ -1,0 +1,251 @@
+"""A scriptable fake vLLM OpenAI server on raw asyncio streams (real sockets, exact control).
+
+The request body's `"fake"` object scripts the answer, e.g.
+  {"fake": {"status": 500}}                  answer 500 with vLLM's error envelope
+  {"fake": {"stall_first": 30}}              stall before the first byte/event
+  {"fake": {"chunks": 5, "gap": 0.1}}        stream 5 content chunks, 0.1 s apart
+  {"fake": {"cut_after": 2}}                 close the socket abruptly after 2 chunks
+  {"fake": {"stall_after": 2}}               stop sending (but keep the socket) after 2 chunks
+  {"fake": {"inband_error_after": 0}}        vLLM's mid-stream error event + [DONE]
+GET /fake/stats reports requests seen, in progress, and aborted by the peer (the gateway).
+Run: python -m tests.fakes.fake_vllm --port P [--model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    active: int = 0
+    aborted: int = 0
+    completed: int = 0
+    last_headers: dict[str, str] | None = None
+    last_body: dict[str, Any] | None = None
+
+
+class PeerGone(Exception):
+    pass
+
+
+class FakeVLLM:
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.stats = Stats()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, PeerGone):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        raw = await reader.readexactly(length) if length else b""
+        if method == "GET":
+            await self._get(path, writer)
+            return True
+        body = json.loads(raw)
+        self.stats.requests += 1
+        self.stats.active += 1
+        self.stats.last_headers = headers
+        self.stats.last_body = body
+        try:
+            await self._post(path, body, reader, writer)
+            self.stats.completed += 1
+        except (ConnectionError, PeerGone):
+            self.stats.aborted += 1
+            raise
+        finally:
+            self.stats.active -= 1
+        return not body.get("fake", {}).get("close", False)
+
+    async def _get(self, path: str, writer: asyncio.StreamWriter) -> None:
+        if path == "/health":
+            await _respond(writer, 200, b"")
+        elif path == "/fake/stats":
+            await _respond(writer, 200, json.dumps(self.stats.__dict__).encode())
+        elif path == "/metrics":
+            text = (
+                f'vllm:num_requests_running{{model_name="{self.model}",engine="0"}} '
+                f"{self.stats.active}\n"
+            )
+            await _respond(writer, 200, text.encode(), "text/plain")
+        else:
+            await _respond(writer, 404, b'{"detail":"Not Found"}')
+
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        script = body.get("fake", {})
+        if "status" in script:
+            status = script["status"]
+            err = {
+                "error": {
+                    "message": f"fake error {status}",
+                    "type": "BadRequestError",
+                    "param": "fake",
+                    "code": status,
+                }
+            }
+            await _respond(writer, status, json.dumps(err).encode())
+            return
+        chat = path.endswith("/chat/completions")
+        if not body.get("stream"):
+            await _wait_or_peer_gone(reader, script.get("stall_first", 0))
+            await _respond(writer, 200, json.dumps(_completion(self.model, chat)).encode())
+            return
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        await _wait_or_peer_gone(reader, script.get("stall_first", 0))
+        await self._stream(script, chat, body, reader, writer)
+
+    async def _stream(
+        self,
+        script: dict[str, Any],
+        chat: bool,
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        count = script.get("chunks", 3)
+        for index in range(count):
+            if index == script.get("cut_after"):
+                writer.transport.abort()
+                raise PeerGone
+            if index == script.get("stall_after"):
+                await _wait_or_peer_gone(reader, 3600)
+            if index == script.get("inband_error_after"):
+                err = {
+                    "error": {
+                        "message": "Internal server error",
+                        "type": "InternalServerError",
+                        "param": None,
+                        "code": 500,
+                    }
+                }
+                await _chunk(writer, b"data: " + json.dumps(err).encode() + b"\n\n")
+                await _chunk(writer, b"data: [DONE]\n\n")
+                await _chunk(writer, b"")
+                return
+            await _chunk(
+                writer, b"data: " + json.dumps(_delta(self.model, chat, index)).encode() + b"\n\n"
+            )
+            if script.get("gap"):
+                await _wait_or_peer_gone(reader, script["gap"])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "id": "cmpl-fake",
+                "object": "chat.completion.chunk",
+                "model": self.model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 3,
+                    "completion_tokens": count,
+                    "total_tokens": 3 + count,
+                },
+            }
+            await _chunk(writer, b"data: " + json.dumps(usage).encode() + b"\n\n")
+        await _chunk(writer, b"data: [DONE]\n\n")
+        await _chunk(writer, b"")
+
+
+def _completion(model: str, chat: bool) -> dict[str, Any]:
+    choice: dict[str, Any] = (
+        {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+        if chat
+        else {"index": 0, "text": "hello", "finish_reason": "stop"}
+    )
+    return {
+        "id": "cmpl-fake",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+
+def _delta(model: str, chat: bool, index: int) -> dict[str, Any]:
+    choice: dict[str, Any] = (
+        {"index": 0, "delta": {"content": f"t{index} "}, "finish_reason": None}
+        if chat
+        else {"index": 0, "text": f"t{index} ", "finish_reason": None}
+    )
+    return {
+        "id": "cmpl-fake",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": [choice],
+    }
+
+
+async def _respond(
+    writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json"
+) -> None:
+    head = f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+
+
+async def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    await writer.drain()
+
+
+async def _wait_or_peer_gone(reader: asyncio.StreamReader, seconds: float) -> None:
+    """Sleep, but notice at once when the peer closes the connection (like vLLM's abort)."""
+    if seconds <= 0:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            data = await reader.read(1)
+            if not data:
+                raise PeerGone
+
+
+async def serve(port: int, model: str) -> None:
+    fake = FakeVLLM(model)
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="fake")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.model))
+
+
+if __name__ == "__main__":
+    main()
