@@ -1,0 +1,1 @@
+"""Shared fixtures. Real processes on real sockets; see tests/procs.py."""

@@ -1,0 +1,91 @@
+"""Start and stop the real processes tests talk to: the gateway and the fake vLLM server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {seconds}s")
+
+
+class Proc:
+    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, args: list[str], log: Path, env: Mapping[str, str] | None = None) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._out.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc(
+        [sys.executable, "-m", "tests.fakes.fake_vllm", "--port", str(port), "--model", model],
+        tmp / f"fake-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc.popen)
+    return proc, url
+
+
+def start_gateway(
+    tmp: Path, models_yaml: str, env: Mapping[str, str] | None = None
+) -> tuple[Proc, str]:
+    port = free_port()
+    config = tmp / f"models-{port}.yaml"
+    config.write_text(models_yaml)
+    proc = Proc(
+        [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)],
+        tmp / f"gateway-{port}.log",
+        env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc.popen)
+    return proc, url

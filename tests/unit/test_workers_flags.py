@@ -1,0 +1,183 @@
+"""workers/: vLLM flags, the CPU launch plan, its command and environment (no processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.models_config import ModelsConfig, WorkerConfig, parse_models_config
+from workers.cpu_plan import (
+    SERVER_MODULE,
+    cpu_bindings,
+    plan_launches,
+    server_command,
+    server_env,
+    stand_in_seed,
+    tinymodel_command,
+)
+from workers.flags import vllm_flags
+from workers.local import LocalWorkers
+from workers.tinymodel import STAMP_NAME, is_complete
+
+TWO_MODELS = """
+models:
+  - name: big
+    model: org/Big-70B
+    tensor_parallel_size: 2
+    pipeline_parallel_size: 2
+    max_model_len: 8192
+    gpu_memory_utilization: 0.85
+    vllm_args: ["--max-num-seqs", "64", "--max-model-len", "4096"]
+    workers:
+      - {name: big-0, gpus: [0, 1, 2, 3], port: 8101}
+  - name: small
+    model: org/Small-1B
+    workers:
+      - {name: small-0, gpus: [4], port: 8102}
+      - {name: small-remote, url: "http://10.0.0.5:8000/"}
+"""
+
+
+def _config(text: str = TWO_MODELS) -> ModelsConfig:
+    return parse_models_config(text)
+
+
+def test_flags_carry_every_configured_setting_and_vllm_args_last() -> None:
+    big = _config().models[0]
+    assert vllm_flags(big, big.workers[0]) == [
+        "--model", "org/Big-70B",
+        "--served-model-name", "big",
+        "--port", "8101",
+        "--tensor-parallel-size", "2",
+        "--pipeline-parallel-size", "2",
+        "--max-model-len", "8192",
+        "--gpu-memory-utilization", "0.85",
+        "--max-num-seqs", "64", "--max-model-len", "4096",
+    ]  # fmt: skip
+
+
+def test_flags_omit_unset_settings_and_single_stage_pipeline() -> None:
+    small = _config().models[1]
+    flags = vllm_flags(small, small.workers[0])
+    assert flags == [
+        "--model", "org/Small-1B",
+        "--served-model-name", "small",
+        "--port", "8102",
+        "--tensor-parallel-size", "1",
+    ]  # fmt: skip
+
+
+def test_flags_take_model_path_host_and_port_from_the_caller() -> None:
+    small = _config().models[1]
+    flags = vllm_flags(small, small.workers[0], model_path="/models/s", host="0.0.0.0", port=8000)
+    assert flags[:8] == [
+        "--model", "/models/s",
+        "--served-model-name", "small",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+    ]  # fmt: skip
+
+
+def test_flags_refuse_an_attached_worker() -> None:
+    small = _config().models[1]
+    with pytest.raises(ValueError, match="small-remote"):
+        vllm_flags(small, small.workers[1])
+
+
+def test_plan_launches_only_launched_workers_with_overridden_ports(tmp_path: Path) -> None:
+    launches = plan_launches(
+        _config(), cache_dir=tmp_path, ports={"small-0": 9002}, cpus=[0, 1, 2, 3, 4, 5]
+    )
+    assert [(x.name, x.port) for x in launches] == [("big-0", 8101), ("small-0", 9002)]
+    assert launches[1].model_dir == tmp_path / "small"
+    assert launches[1].log_path == tmp_path / "logs" / "small-0.log"
+    assert launches[1].base_url == "http://127.0.0.1:9002"
+
+
+def test_plan_rejects_a_port_override_for_an_unknown_or_attached_worker(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="small-remote"):
+        plan_launches(_config(), cache_dir=tmp_path, ports={"small-remote": 9000})
+
+
+def test_plan_rejects_two_workers_on_one_port(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="same port"):
+        plan_launches(_config(), cache_dir=tmp_path, ports={"small-0": 8101})
+
+
+def test_stand_in_seed_is_stable_and_differs_between_models() -> None:
+    # A changed seed silently regenerates every cached stand-in model.
+    assert stand_in_seed("qwen2.5-1.5b-instruct") == 998682890
+    assert stand_in_seed("qwen2.5-1.5b-instruct") != stand_in_seed("llama-3.2-1b-instruct")
+
+
+@pytest.mark.parametrize(
+    ("world_sizes", "cpus", "expected"),
+    [
+        ([1, 1], [0, 1], ["0", "1"]),
+        ([1], [0, 1, 2, 3], ["0,1,2,3"]),
+        ([2, 1], [0, 1, 2, 3, 4, 5], ["0,1|2,3", "4,5"]),
+        ([2, 1], [0, 1], ["0|1", "0"]),
+        ([1, 1], [4, 7], ["4", "7"]),
+    ],
+)
+def test_cpu_bindings_split_cpus_between_all_ranks(
+    world_sizes: list[int], cpus: list[int], expected: list[str]
+) -> None:
+    assert cpu_bindings(world_sizes, cpus) == expected
+
+
+def test_server_command_serves_the_stand_in_under_the_configured_name(tmp_path: Path) -> None:
+    launch = plan_launches(_config(), cache_dir=tmp_path, ports={"small-0": 9002})[1]
+    command = server_command(launch, Path("/venv/bin/python"))
+    assert command[:3] == ["/venv/bin/python", "-m", SERVER_MODULE]
+    assert command[3:] == [
+        "--model", str(tmp_path / "small"),
+        "--served-model-name", "small",
+        "--host", "127.0.0.1",
+        "--port", "9002",
+        "--tensor-parallel-size", "1",
+    ]  # fmt: skip
+
+
+def test_server_env_is_offline_with_fixed_kv_cache_and_own_cpus(tmp_path: Path) -> None:
+    launches = plan_launches(_config(), cache_dir=tmp_path, cpus=[0, 1, 2, 3, 4, 5])
+    env = server_env(launches[1], {"PATH": "/bin", "HF_HUB_OFFLINE": "0"}, kv_cache_gib=2)
+    assert env["PATH"] == "/bin"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "4"  # big-0 took 0-3 for its 4 ranks
+
+
+def test_tinymodel_command_makes_the_stand_in_long_enough_for_max_model_len(
+    tmp_path: Path,
+) -> None:
+    launches = plan_launches(_config(), cache_dir=tmp_path)
+    big, small = (tinymodel_command(x, Path("/py")) for x in launches)
+    assert big == [
+        "/py", "-m", "workers.tinymodel", str(tmp_path / "big"),
+        "--seed", str(stand_in_seed("big")), "--max-positions", "8192",
+    ]  # fmt: skip
+    assert small[-2:] == ["--max-positions", "4096"]
+
+
+def test_attached_config_points_launched_workers_at_their_actual_ports(tmp_path: Path) -> None:
+    workers = LocalWorkers(_config(), cache_dir=tmp_path, ports={"big-0": 9101, "small-0": 9102})
+    attached = workers.attached_config()
+    assert attached.models[0].workers == [WorkerConfig(name="big-0", url="http://127.0.0.1:9101")]
+    assert [w.url for w in attached.models[1].workers] == [
+        "http://127.0.0.1:9102",
+        "http://10.0.0.5:8000",
+    ]
+    assert attached.models[0].max_model_len == 8192
+
+
+def test_stand_in_counts_as_complete_only_with_a_matching_stamp(tmp_path: Path) -> None:
+    assert not is_complete(tmp_path, seed=1)
+    (tmp_path / STAMP_NAME).write_text(
+        json.dumps({"generator_version": 1, "seed": 1, "max_positions": 4096})
+    )
+    assert is_complete(tmp_path, seed=1)
+    assert not is_complete(tmp_path, seed=2)
+    assert not is_complete(tmp_path, seed=1, max_positions=8192)
