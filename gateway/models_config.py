@@ -116,6 +116,8 @@ def parse_models_config(text: str, source: str = "models.yaml") -> ModelsConfig:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a mapping with a `models:` list at the top")
     try:
         return ModelsConfig.model_validate(doc)
     except ValidationError as exc:
