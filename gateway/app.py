@@ -64,6 +64,7 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
         redoc_url=None,
         openapi_url=None,
     )
+    openai.add_completion_routes(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
     install_handlers(app)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import httpx
 import orjson
-from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, upstream_error_from_body
@@ -39,13 +38,12 @@ class ClientGone(Exception):
     """The client closed its connection; nothing more can be sent to it."""
 
 
-class RelayResponse(Response):
-    """Run one request against a worker of `route` and answer the client."""
+class Relay:
+    """ASGI app for one request: run it against a worker of `route` and answer the client."""
 
     def __init__(
         self, state: AppState, view: RequestView, route: ModelRoute, request_id: str
     ) -> None:
-        super().__init__()
         self._state = state
         self._view = view
         self._route = route

@@ -10,41 +10,48 @@ import httpx
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from gateway.routing.registry import Worker
 from gateway.settings import Settings
+from gateway.transport import AiohttpTransport
 
 
 class Upstream:
     def __init__(self, settings: Settings) -> None:
-        # read=None: streams are bounded by the relay's own first-byte/idle/total deadlines.
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=None,
-            write=settings.connect_timeout,
-            pool=settings.connect_timeout,
-        )
-        limits = httpx.Limits(
+        self._transport = AiohttpTransport(
+            connect_timeout=settings.connect_timeout,
             max_connections=settings.max_upstream_connections,
-            max_keepalive_connections=settings.max_upstream_connections,
-            keepalive_expiry=30.0,
+            keepalive=30.0,
         )
-        # trust_env=False: no proxy variables or .netrc; upstream URLs come only from models.yaml.
+        # For everything off the hot path (health probes). trust_env=False: no proxy variables
+        # or .netrc; upstream URLs come only from models.yaml.
         self._client = httpx.AsyncClient(
-            timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
+            transport=self._transport, follow_redirects=False, trust_env=False
         )
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
+
+    def _url(self, worker: Worker, path: str) -> httpx.URL:
+        key = (worker.url, path)
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = httpx.URL(worker.url + path)
+        return url
 
     async def open(self, worker: Worker, path: str, body: bytes, request_id: str) -> httpx.Response:
-        """POST `body` to the worker and return once its status and headers have arrived."""
-        request = self._client.build_request(
+        """POST `body` to the worker and return once its status and headers have arrived.
+
+        The hot path builds the request with a parsed URL and raw headers and hands it straight
+        to the transport: AsyncClient.send's auth, redirect and cookie machinery is not needed.
+        """
+        request = httpx.Request(
             "POST",
-            worker.url + path,
+            self._url(worker, path),
             content=body,
-            headers={
-                "content-type": "application/json",
-                "accept-encoding": "identity",
-                "x-request-id": request_id,
-            },
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"accept-encoding", b"identity"),
+                (b"x-request-id", request_id.encode()),
+            ],
         )
         try:
-            return await self._client.send(request, stream=True)
+            return await self._transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise translate(exc, worker) from None
 

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from gateway.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, per request.
     state: AppState = request.app.state.gateway
     return state
 

@@ -1,26 +1,23 @@
-"""The OpenAI API: /v1/chat/completions, /v1/completions, /v1/models."""
+"""The OpenAI API: /v1/chat/completions, /v1/completions (raw ASGI), /v1/models.
+
+The two completion routes are the hot path, so they are plain ASGI endpoints: no FastAPI
+request parsing or dependency solving per request, only what the gateway needs.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import State
-from gateway.errors import ModelNotFound, PayloadTooLarge
-from gateway.relay import RelayResponse
+from gateway.errors import GatewayError, ModelNotFound, PayloadTooLarge
+from gateway.relay import Relay
+from gateway.state import AppState
 from gateway.validation import Endpoint, parse_request
 
 router = APIRouter()
-
-
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(request: Request, state: State) -> Response:
-    return await _relay(request, state, Endpoint.CHAT)
-
-
-@router.post("/v1/completions", response_model=None)
-async def completions(request: Request, state: State) -> Response:
-    return await _relay(request, state, Endpoint.COMPLETIONS)
 
 
 @router.get("/v1/models", response_model=None)
@@ -28,26 +25,48 @@ async def list_models(state: State) -> Response:
     return Response(state.models_body, media_type="application/json")
 
 
-async def _relay(request: Request, state: State, endpoint: Endpoint) -> Response:
-    body = await read_body(request, state.settings.max_body_bytes)
-    view = parse_request(endpoint, body)
-    route = state.registry.route(view.model)
-    if route is None:
-        raise ModelNotFound(view.model)
-    request.state.model = route.name  # a configured name: a bounded metrics label
-    return RelayResponse(state, view, route, request.state.request_id)
+class CompletionRoute:
+    """POST handler for one completion endpoint: read, validate, route, relay."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: AppState = scope["app"].state.gateway
+        try:
+            body = await read_body(scope, receive, state.settings.max_body_bytes)
+            view = parse_request(self.endpoint, body)
+            route = state.registry.route(view.model)
+            if route is None:
+                raise ModelNotFound(view.model)
+        except GatewayError as exc:
+            await exc.to_response()(scope, receive, send)
+            return
+        request_state = scope["state"]
+        request_state["model"] = route.name  # a configured name: a bounded metrics label
+        await Relay(state, view, route, request_state["request_id"])(scope, receive, send)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def add_completion_routes(app: FastAPI) -> None:
+    for endpoint in Endpoint:
+        app.router.routes.append(Route(endpoint.value, CompletionRoute(endpoint), methods=["POST"]))
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes before buffering them."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left while sending
+            return b""
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -176,7 +176,7 @@ def test_attached_config_points_launched_workers_at_their_actual_ports(tmp_path:
 def test_stand_in_counts_as_complete_only_with_a_matching_stamp(tmp_path: Path) -> None:
     assert not is_complete(tmp_path, seed=1)
     (tmp_path / STAMP_NAME).write_text(
-        json.dumps({"generator_version": 1, "seed": 1, "max_positions": 4096})
+        json.dumps({"generator_version": 2, "seed": 1, "max_positions": 4096})
     )
     assert is_complete(tmp_path, seed=1)
     assert not is_complete(tmp_path, seed=2)

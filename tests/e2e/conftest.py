@@ -1,0 +1,56 @@
+"""Real vLLM CPU engines for the default configs/models.yaml, and a gateway in front of them.
+
+The engines start once per test session (about two minutes on two cores) on free ports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import yaml
+
+from gateway.models_config import ModelsConfig, load_models_config
+from tests.procs import ROOT, Proc, free_port, start_gateway
+from workers.local import LocalWorkers
+
+
+@dataclass
+class RealStack:
+    gateway: str
+    config: ModelsConfig
+    engines: LocalWorkers
+    proc: Proc
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.config.models]
+
+    def engine_url(self, model: str) -> str:
+        model_config = self.config.model(model)
+        assert model_config is not None
+        return self.engines.base_url(model_config.workers[0].name)
+
+    def running(self, model: str) -> float:
+        """vLLM's own count of requests in its running batch."""
+        text = httpx.get(self.engine_url(model) + "/metrics", timeout=5).text
+        found = re.search(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+        assert found, "vllm:num_requests_running missing from the engine's /metrics"
+        return float(found.group(1))
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    config = load_models_config(ROOT / "configs" / "models.yaml")
+    ports = {w.name: free_port() for m in config.models for w in m.workers if w.launched}
+    with LocalWorkers(config, ports=ports) as engines:
+        attached = engines.attached_config()
+        text = yaml.safe_dump(attached.model_dump(mode="json", exclude_none=True))
+        proc, url = start_gateway(tmp_path_factory.mktemp("real"), text)
+        try:
+            yield RealStack(url, config, engines, proc)
+        finally:
+            proc.stop()
