@@ -18,8 +18,12 @@ import httpx
 
 
 async def ttft(client: httpx.AsyncClient, base: str, model: str) -> float:
-    body = {"model": model, "stream": True, "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Tell me a story about a cat."}]}
+    body = {
+        "model": model,
+        "stream": True,
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Tell me a story about a cat."}],
+    }
     started = time.perf_counter()
     async with client.stream("POST", base + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
@@ -34,8 +38,9 @@ async def ttft(client: httpx.AsyncClient, base: str, model: str) -> float:
 def summary(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
     p90 = ordered[int(len(ordered) * 0.9) - 1]
-    return (f"| {name} | {statistics.median(ordered) * 1000:.2f} | {p90 * 1000:.2f} "
-            f"| {len(ordered)} |")
+    return (
+        f"| {name} | {statistics.median(ordered) * 1000:.2f} | {p90 * 1000:.2f} | {len(ordered)} |"
+    )
 
 
 async def main() -> None:

@@ -5,11 +5,13 @@ There is no import-time app: tests and `python -m gateway` each build their own.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from gateway.api import openai, ops
 from gateway.errors import install_handlers
@@ -35,6 +37,18 @@ def models_payload(config: ModelsConfig) -> bytes:
     )
 
 
+class GatewayApp(FastAPI):
+    """FastAPI with RequestContext outermost, where it can dispatch the hot path directly."""
+
+    def __init__(self, metrics: Metrics, hot_routes: Mapping[str, ASGIApp], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._metrics = metrics
+        self._hot_routes = hot_routes
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContext(super().build_middleware_stack(), self._metrics, self._hot_routes)
+
+
 def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAPI:
     """Build the app. `config` defaults to the file named by settings.config (read now, so a bad
     file fails at start, not at the first request)."""
@@ -57,16 +71,18 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
         finally:
             await upstream.aclose()
 
-    app = FastAPI(
+    hot_routes = openai.completion_routes()
+    app = GatewayApp(
+        metrics,
+        hot_routes,
         title="LLM gateway",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
-    openai.add_completion_routes(app)
+    openai.add_completion_routes(app, hot_routes)
     app.include_router(openai.router)
     app.include_router(ops.router)
     install_handlers(app)
-    app.add_middleware(RequestContext, metrics=metrics)
     return app

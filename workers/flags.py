@@ -1,6 +1,6 @@
 """Map one model + worker from configs/models.yaml to the vLLM OpenAI server's command-line flags.
 
-The single place that knows vLLM's flag names: the CPU launcher and the compose renderer both call it.
+The one place that knows vLLM's flag names: the CPU launcher and the compose renderer call it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Generate a tiny random-weight Llama with a trained byte-level BPE tokenizer and a chat template.
 
 It stands in for a real model when no hub and no GPU are available: the output is gibberish, but
-vLLM loads it like any Hugging Face model. Runs under the vLLM venv (torch, transformers, tokenizers).
+vLLM loads it like any Hugging Face model. Runs under the vLLM venv (torch, transformers).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Bump when the shape, tokenizer or template changes, so existing caches are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 STAMP_NAME = ".tinymodel-complete.json"
 VOCAB_SIZE = 3072
 TRAINING_TEXT_BYTES = 1_500_000
+DEFAULT_MAX_POSITIONS = 4096
+LM_HEAD_STD = 0.5
 
 ENDOFTEXT, IM_START, IM_END, PAD = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END, PAD]
@@ -36,14 +38,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def _stamp(seed: int) -> dict[str, int]:
-    return {"generator_version": GENERATOR_VERSION, "seed": seed}
+def _stamp(seed: int, max_positions: int) -> dict[str, int]:
+    return {"generator_version": GENERATOR_VERSION, "seed": seed, "max_positions": max_positions}
 
 
-def is_complete(out_dir: Path, seed: int) -> bool:
-    """True when `out_dir` holds a model this generator made with this seed (stamp written last)."""
+def is_complete(out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS) -> bool:
+    """True when `out_dir` holds a model made by this generator with these settings.
+
+    The stamp file is written last, so its presence means every other file is complete.
+    """
     try:
-        return bool(json.loads((out_dir / STAMP_NAME).read_text()) == _stamp(seed))
+        stamp = json.loads((out_dir / STAMP_NAME).read_text())
+        return bool(stamp == _stamp(seed, max_positions))
     except (OSError, ValueError):
         return False
 
@@ -60,9 +66,19 @@ def _training_text() -> Iterator[str]:
         yield text
 
 
-def _build_tokenizer(out_dir: Path) -> dict[str, int]:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def _build_tokenizer(out_dir: Path, max_positions: int) -> dict[str, int]:
+    # Imported here (and untyped for the gateway venv's mypy, which lacks them) so that the stamp
+    # check above stays importable anywhere.
+    from tokenizers import (  # type: ignore[import-not-found,unused-ignore]
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import (  # type: ignore[import-not-found,unused-ignore]
+        PreTrainedTokenizerFast,
+    )
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -80,7 +96,7 @@ def _build_tokenizer(out_dir: Path) -> dict[str, int]:
         eos_token=EOS,
         pad_token=PAD,
         chat_template=CHAT_TEMPLATE,
-        model_max_length=4096,
+        model_max_length=max_positions,
     )
     wrapped.save_pretrained(str(out_dir))
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
@@ -88,9 +104,13 @@ def _build_tokenizer(out_dir: Path) -> dict[str, int]:
     return ids
 
 
-def _build_model(out_dir: Path, seed: int, ids: dict[str, int]) -> None:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def _build_model(out_dir: Path, seed: int, max_positions: int, ids: dict[str, int]) -> None:
+    import torch  # type: ignore[import-not-found,unused-ignore]
+    from transformers import (  # type: ignore[import-not-found,unused-ignore]
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -100,13 +120,19 @@ def _build_model(out_dir: Path, seed: int, ids: dict[str, int]) -> None:
         num_key_value_heads=1,
         num_hidden_layers=2,
         intermediate_size=256,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
         bos_token_id=ids[BOS],
         eos_token_id=ids[EOS],
         pad_token_id=ids[PAD],
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config)
+    # With the default 0.02 init every next-token distribution is nearly uniform, so what is
+    # sampled depends only on vLLM's sampler seed and two "different" models answer alike.
+    # A wide output layer makes each model prefer its own tokens (greedy output differs by seed).
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, LM_HEAD_STD)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(str(out_dir))
     generation = GenerationConfig(
         bos_token_id=ids[BOS],
@@ -116,26 +142,28 @@ def _build_model(out_dir: Path, seed: int, ids: dict[str, int]) -> None:
     generation.save_pretrained(str(out_dir))
 
 
-def generate(out_dir: Path, seed: int) -> bool:
+def generate(out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS) -> bool:
     """Write the model to `out_dir` unless already there; returns True when it generated one.
 
     Builds in a sibling temporary directory and renames it into place, so a crash or a concurrent
     run never leaves a half-written model that looks complete.
     """
-    if is_complete(out_dir, seed):
+    if is_complete(out_dir, seed, max_positions):
         return False
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        ids = _build_tokenizer(tmp)
-        _build_model(tmp, seed, ids)
-        (tmp / STAMP_NAME).write_text(json.dumps(_stamp(seed)))
-        if out_dir.exists() and not is_complete(out_dir, seed):
+        ids = _build_tokenizer(tmp, max_positions)
+        _build_model(tmp, seed, max_positions, ids)
+        tmp.chmod(0o755)  # mkdtemp makes it private; containers may read it as another user
+        (tmp / STAMP_NAME).write_text(json.dumps(_stamp(seed, max_positions)))
+        if out_dir.exists() and not is_complete(out_dir, seed, max_positions):
             shutil.rmtree(out_dir)
         try:
             os.rename(tmp, out_dir)
         except OSError:
-            if not is_complete(out_dir, seed):  # lost a race to another run: theirs is as good
+            # Lost a race to a concurrent run: its model is as good as ours.
+            if not is_complete(out_dir, seed, max_positions):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.tinymodel", description=__doc__)
     parser.add_argument("out_dir", type=Path, help="directory to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same model)")
+    parser.add_argument(
+        "--max-positions",
+        type=int,
+        default=DEFAULT_MAX_POSITIONS,
+        help="max_position_embeddings: the longest --max-model-len vLLM will accept",
+    )
     args = parser.parse_args(argv)
-    made = generate(args.out_dir, args.seed)
+    made = generate(args.out_dir, args.seed, args.max_positions)
     state = "generated" if made else "already complete"
     print(f"tiny model {state}: {args.out_dir} (seed {args.seed})", file=sys.stderr)
     return 0

@@ -47,9 +47,15 @@ class CompletionRoute:
         await Relay(state, view, route, request_state["request_id"])(scope, receive, send)
 
 
-def add_completion_routes(app: FastAPI) -> None:
-    for endpoint in Endpoint:
-        app.router.routes.append(Route(endpoint.value, CompletionRoute(endpoint), methods=["POST"]))
+def completion_routes() -> dict[str, CompletionRoute]:
+    """Path -> ASGI endpoint, dispatched ahead of FastAPI by middleware.RequestContext."""
+    return {endpoint.value: CompletionRoute(endpoint) for endpoint in Endpoint}
+
+
+def add_completion_routes(app: FastAPI, routes: dict[str, CompletionRoute]) -> None:
+    """Register them with FastAPI's router too, so a wrong method gets its 405."""
+    for path, endpoint in routes.items():
+        app.router.routes.append(Route(path, endpoint, methods=["POST"]))
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

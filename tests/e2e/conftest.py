@@ -34,12 +34,20 @@ class RealStack:
         assert model_config is not None
         return self.engines.base_url(model_config.workers[0].name)
 
-    def running(self, model: str) -> float:
-        """vLLM's own count of requests in its running batch."""
+    def engine_metric(self, model: str, name: str) -> float:
+        """One of vLLM's own unlabelled-by-reason series, e.g. vllm:num_requests_running."""
         text = httpx.get(self.engine_url(model) + "/metrics", timeout=5).text
-        found = re.search(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-        assert found, "vllm:num_requests_running missing from the engine's /metrics"
+        found = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
+        assert found, f"{name} missing from the engine's /metrics"
         return float(found.group(1))
+
+    def running(self, model: str) -> float:
+        """vLLM's count of requests in its running batch (updated as streamed output flows)."""
+        return self.engine_metric(model, "vllm:num_requests_running")
+
+    def generated(self, model: str) -> float:
+        """vLLM's count of generated tokens; a request's tokens are added when it ends."""
+        return self.engine_metric(model, "vllm:generation_tokens_total")
 
 
 @pytest.fixture(scope="session")

