@@ -1,8 +1,8 @@
 """A client dropping a long generation frees vLLM at once (real engine).
 
-Streaming: vLLM's num_requests_running is back to 0 within 1 s of the client leaving.
-Non-streaming: vLLM does not move that gauge while a non-streamed request runs, so the proof is
-its token counter: the request's tokens are booked within 1 s, and no token is generated after.
+The proof is vLLM's own metrics: within 1 s of the client leaving, `vllm:num_requests_running`
+reads 0 and the request's generated tokens are booked (a request's count is booked when it
+ends), well short of `max_tokens`; and no token is generated after that.
 """
 
 from __future__ import annotations
@@ -24,48 +24,55 @@ LONG = {
 }
 
 
-async def wait_running(real: RealStack, model: str, target: float, seconds: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if await asyncio.to_thread(real.running, model) == target:
-            return time.monotonic() - started
+async def metric(real: RealStack, model: str, name: str) -> float:
+    return await asyncio.to_thread(real.engine_metric, model, name)
+
+
+async def wait_idle(real: RealStack, model: str) -> None:
+    deadline = time.monotonic() + 10
+    while await metric(real, model, "vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "the engine is busy before the test"
         await asyncio.sleep(0.05)
-    raise AssertionError(f"vllm:num_requests_running never reached {target}")
 
 
-async def generate_then_leave(real: RealStack, body: dict[str, object], started: object) -> None:
-    async with httpx.AsyncClient(base_url=real.gateway, timeout=60) as http:
+async def drop_after(real: RealStack, body: dict[str, object], events: int) -> None:
+    """Send `body`; leave (close the connection) after `events` SSE events, or after 1.5 s."""
+    received = asyncio.Event()
 
-        async def generate() -> None:
+    async def generate() -> None:
+        async with httpx.AsyncClient(base_url=real.gateway, timeout=60) as http:  # noqa: SIM117
             async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                async for _ in response.aiter_bytes():
-                    pass
+                assert response.status_code == 200
+                seen = 0
+                async for line in response.aiter_lines():
+                    seen += line.startswith("data: {")
+                    if seen == events:
+                        received.set()
 
-        task = asyncio.create_task(generate())
-        await started  # type: ignore[misc]
-        task.cancel()  # the client goes away: its connection closes
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    task = asyncio.create_task(generate())
+    if events:
+        await asyncio.wait_for(received.wait(), 60)  # tokens are flowing
+    else:
+        await asyncio.sleep(1.5)  # well into a non-streamed generation
+    assert not task.done(), "the generation ended before the client left"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
-async def test_client_dropping_a_stream_frees_the_engine_within_a_second(real: RealStack) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
+async def test_client_dropping_a_long_generation_frees_the_engine(
+    real: RealStack, stream: bool
+) -> None:
     model = real.model_names[0]
-    await wait_running(real, model, 0, 10)
-    body = {"model": model, "stream": True, **LONG}
-    await generate_then_leave(real, body, wait_running(real, model, 1, 30))
-    freed_after = await wait_running(real, model, 0, 5)
-    assert freed_after < 1.0, f"engine still busy {freed_after:.2f}s after the client left"
-
-
-async def test_client_dropping_a_non_streamed_request_stops_generation(real: RealStack) -> None:
-    model = real.model_names[0]
-    await wait_running(real, model, 0, 10)
-    before = await asyncio.to_thread(real.generated, model)
-    body = {"model": model, "stream": False, **LONG}
-    await generate_then_leave(real, body, asyncio.sleep(1.5))  # well into generation
+    await wait_idle(real, model)
+    before = await metric(real, model, "vllm:generation_tokens_total")
+    await drop_after(real, {"model": model, "stream": stream, **LONG}, 20 if stream else 0)
     await asyncio.sleep(1.0)
-    booked = await asyncio.to_thread(real.generated, model)
+    running = await metric(real, model, "vllm:num_requests_running")
+    booked = await metric(real, model, "vllm:generation_tokens_total")
     await asyncio.sleep(3.0)
-    later = await asyncio.to_thread(real.generated, model)
+    later = await metric(real, model, "vllm:generation_tokens_total")
+    assert running == 0, "vLLM still runs the request 1 s after the client left"
     assert 0 < booked - before < MAX_TOKENS, "the request was not cut short within 1 s"
     assert later == booked, "the engine kept generating after the client left"
