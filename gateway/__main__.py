@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from typing import Any
 
 import uvicorn
 
 from gateway.app import create_app
+from gateway.logs import configure_logging
+from gateway.metrics import multiprocess_metrics_dir
 from gateway.models_config import ConfigError
 from gateway.settings import Settings
 
@@ -24,6 +26,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    parser.add_argument("--processes", type=int, help="gateway processes sharing the port")
     args = parser.parse_args(argv)
     return {key: value for key, value in vars(args).items() if value is not None}
 
@@ -31,26 +34,32 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    # httpx logs every request URL at INFO: noise on the hot path, and URLs are the worker's.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     try:
-        app = create_app(settings)
+        app = create_app(settings)  # also checks the models file before any process starts
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # the gateway never logs request content; access logs come later
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # the gateway never logs request content
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.processes == 1:
+        uvicorn.run(app, **options)
+        return 0
+    # Several processes share the port. Each builds its app from the environment, so the
+    # command line's settings travel there; metrics are summed across them by prometheus_client.
+    for key, value in overrides.items():
+        os.environ[f"GATEWAY_{key.upper()}"] = str(value)
+    with multiprocess_metrics_dir():
+        uvicorn.run(
+            "gateway.app:create_app_from_env", factory=True, workers=settings.processes, **options
+        )
     return 0
 
 

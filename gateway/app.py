@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from gateway.api import openai, ops
 from gateway.errors import install_handlers
+from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContext
 from gateway.models_config import ModelsConfig, load_models_config
@@ -86,3 +87,10 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
     app.include_router(ops.router)
     install_handlers(app)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for each process of a multi-process gateway: settings from GATEWAY_* variables."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_level: str = "info"
+    # Gateway processes sharing the port (uvicorn workers); about one per core.
+    processes: Annotated[int, Field(ge=1, le=256)] = 1
 
     # How the gateway reaches a worker it launched (`gpus` + `port` in models.yaml). In compose each
     # worker is its own host, so there it is "http://{name}:{port}".
