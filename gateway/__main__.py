@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app
+from gateway.keys import key_entry_yaml, new_key
 from gateway.logs import configure_logging
 from gateway.metrics import multiprocess_metrics_dir
 from gateway.models_config import ConfigError
@@ -31,8 +32,38 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     return {key: value for key, value in vars(args).items() if value is not None}
 
 
+def keys_command(argv: list[str]) -> int:
+    """`python -m gateway keys new --name N [...]`: print a fresh key once, and its entry."""
+    parser = argparse.ArgumentParser(prog="python -m gateway keys")
+    sub = parser.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="make a key; paste the printed entry into the keys file")
+    new.add_argument("--name", required=True, help="the key's name (logs, metrics, errors)")
+    new.add_argument("--models", help="comma-separated models it may use (default: all)")
+    new.add_argument("--rpm", type=int, help="requests per minute")
+    new.add_argument("--tpm", type=int, help="prompt + completion tokens per minute")
+    new.add_argument("--max-concurrent", type=int, help="requests in flight at once")
+    args = parser.parse_args(argv)
+    key = new_key()
+    models = args.models.split(",") if args.models else None
+    entry = key_entry_yaml(
+        args.name,
+        key,
+        models=models,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_concurrent=args.max_concurrent,
+    )
+    print(f"API key (shown once, store it now): {key}\n")
+    print("Add this entry under `keys:` in the keys file (GATEWAY_KEYS_FILE):")
+    print(entry, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        return keys_command(argv[1:])
+    overrides = parse_args(argv)
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
     try:

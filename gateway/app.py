@@ -4,6 +4,7 @@ There is no import-time app: tests and `python -m gateway` each build their own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -15,10 +16,12 @@ from starlette.types import ASGIApp
 
 from gateway.api import openai, ops
 from gateway.errors import install_handlers
+from gateway.keys import KeyStore
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContext
-from gateway.models_config import ModelsConfig, load_models_config
+from gateway.models_config import ConfigError, ModelsConfig, load_models_config
+from gateway.ratelimit import Limiter, LocalBuckets, RedisBuckets
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
 from gateway.state import AppState
@@ -38,6 +41,30 @@ def models_payload(config: ModelsConfig) -> bytes:
     )
 
 
+def _key_store(settings: Settings) -> KeyStore | None:
+    if not settings.auth_enabled:
+        return None
+    if settings.keys_file is None:
+        raise ConfigError(
+            "API keys are on but GATEWAY_KEYS_FILE is not set: point it at a keys file "
+            "(python -m gateway keys new ...), or set GATEWAY_AUTH_ENABLED=false for local use"
+        )
+    return KeyStore(settings.keys_file)
+
+
+def _limiter(settings: Settings, metrics: Metrics) -> Limiter:
+    redis = None
+    if settings.redis_url:
+        lease_ttl = settings.total_timeout + 30  # no request outlives the total timeout
+        redis = RedisBuckets(settings.redis_url, settings.redis_timeout, lease_ttl)
+    return Limiter(
+        redis,
+        LocalBuckets(settings.redis_fail_open_share if redis else 1.0),
+        metrics,
+        fail_open=settings.redis_fail_open,
+    )
+
+
 class GatewayApp(FastAPI):
     """FastAPI with RequestContext outermost, where it can dispatch the hot path directly."""
 
@@ -54,22 +81,32 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
     """Build the app. `config` defaults to the file named by settings.config (read now, so a bad
     file fails at start, not at the first request)."""
     models = config if config is not None else load_models_config(settings.config)
+    keys = _key_store(settings)
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = Upstream(settings)
+        limiter = _limiter(settings, metrics)
         app.state.gateway = AppState(
             settings=settings,
             config=models,
             registry=Registry(models, settings.worker_url_template),
             upstream=upstream,
             metrics=metrics,
+            keys=keys,
+            limiter=limiter,
             models_body=models_payload(models),
         )
+        watcher = None
+        if keys is not None:
+            watcher = asyncio.create_task(keys.watch(settings.keys_reload_interval))
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+            await limiter.aclose()
             await upstream.aclose()
 
     hot_routes = openai.completion_routes()

@@ -84,6 +84,22 @@ class InvalidValue(InvalidRequest):
     code = "invalid_value"
 
 
+class InvalidAPIKey(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    log_level = logging.INFO
+
+
+class RateLimited(GatewayError):
+    """A key is over one of its limits; `Retry-After` says when the request could pass."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    log_level = logging.INFO
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -162,6 +178,14 @@ class UpstreamRejected(GatewayError):
     def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
         super().__init__(message, param=param)
         self.status = status
+
+
+class LimiterUnavailable(GatewayError):
+    """Redis is unreachable and the gateway is configured to fail closed."""
+
+    status = 503
+    code = "rate_limiter_unavailable"
+    log_level = logging.WARNING
 
 
 class InternalError(GatewayError):

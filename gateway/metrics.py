@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -33,6 +33,32 @@ class Metrics:
             "Time from request arrival to the last byte of the answer.",
             ["model", "endpoint"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.ratelimit_rejections = Counter(
+            "gateway_ratelimit_rejections",
+            "Requests refused with 429, by key name and the limit that refused them.",
+            ["key", "limit"],
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "gateway_redis_errors", "Redis calls that failed or timed out.", registry=self.registry
+        )
+        self.ratelimit_local_decisions = Counter(
+            "gateway_ratelimit_local_decisions",
+            "Limit decisions made without Redis because it was unavailable.",
+            registry=self.registry,
+        )
+        self.ratelimit_degraded = Gauge(
+            "gateway_ratelimit_degraded",
+            "1 while Redis is unavailable and limits are local to each replica (or refused).",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.usage_missing = Counter(
+            "gateway_usage_missing",
+            "Responses without a usage report: settled on their token reservation.",
             registry=self.registry,
         )
 

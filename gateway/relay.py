@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.accounting import UsageTap, usage_of_response
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, upstream_error_from_body
 from gateway.routing.policy import pick
 from gateway.streaming import SSEFramer, leading_error
@@ -38,16 +40,36 @@ class ClientGone(Exception):
     """The client closed its connection; nothing more can be sent to it."""
 
 
+@dataclass(slots=True)
+class Outbound:
+    """What goes to the worker and back beyond the relayed bytes, and the token accounting."""
+
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # e.g. x-ratelimit-*
+    tap: UsageTap | None = None  # streams of keys with a tokens-per-minute limit
+    count_usage: bool = False  # non-streamed answers of such keys
+
+
 class Relay:
-    """ASGI app for one request: run it against a worker of `route` and answer the client."""
+    """ASGI app for one request: run it against a worker of `route` and answer the client.
+
+    Afterwards `used_tokens` holds the worker's usage.total_tokens when it was counted.
+    """
 
     def __init__(
-        self, state: AppState, view: RequestView, route: ModelRoute, request_id: str
+        self,
+        state: AppState,
+        view: RequestView,
+        route: ModelRoute,
+        request_id: str,
+        outbound: Outbound,
     ) -> None:
         self._state = state
         self._view = view
         self._route = route
         self._request_id = request_id
+        self._out = outbound
+        self.used_tokens: int | None = None
         self._finished = False
         self._client_gone = False
         self._send: Send | None = None
@@ -104,7 +126,7 @@ class Relay:
         try:
             async with asyncio.timeout(settings.total_timeout):
                 response = await self._state.upstream.open(
-                    worker, self._view.endpoint.value, self._view.body, self._request_id
+                    worker, self._view.endpoint.value, self._out.body, self._request_id
                 )
                 try:
                     body = await response.aread()
@@ -118,6 +140,8 @@ class Relay:
             raise translate(exc, worker) from None
         if response.status_code != 200:
             raise upstream_error_from_body(response.status_code, body)
+        if self._out.count_usage:
+            self.used_tokens = usage_of_response(body)
         content_type = response.headers.get("content-type", "application/json").encode()
         await self._start(200, [(b"content-type", content_type)], len(body))
         await self._body(body, final=True)
@@ -133,7 +157,7 @@ class Relay:
         try:
             async with asyncio.timeout_at(first_deadline) as timer:
                 response = await self._state.upstream.open(
-                    worker, self._view.endpoint.value, self._view.body, self._request_id
+                    worker, self._view.endpoint.value, self._out.body, self._request_id
                 )
                 if response.status_code != 200:
                     raise upstream_error_from_body(response.status_code, await response.aread())
@@ -146,13 +170,16 @@ class Relay:
                     raise upstream_error_from_body(_status_of(error), error)
                 await self._start(200, _SSE_HEADERS, None)
                 committed = True
-                await self._body(events)
+                tap = self._out.tap
+                await self._body(tap.feed(events) if tap else events)
                 timer.reschedule(min(loop.time() + settings.idle_timeout, total_deadline))
                 async for chunk in chunks:
                     events = framer.feed(chunk)
                     if events:
-                        await self._body(events)
+                        await self._body(tap.feed(events) if tap else events)
                     timer.reschedule(min(loop.time() + settings.idle_timeout, total_deadline))
+                if tap is not None:
+                    self.used_tokens = tap.used
             if not framer.done:
                 raise UpstreamFailed(f"worker {worker.name} ended the stream before it finished")
             await self._body(b"", final=True)
@@ -175,8 +202,9 @@ class Relay:
     async def _start(
         self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
     ) -> None:
+        headers = [*headers, *self._out.headers]
         if length is not None:
-            headers = [*headers, (b"content-length", str(length).encode())]
+            headers.append((b"content-length", str(length).encode()))
         await self._emit({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _body(self, body: bytes, *, final: bool = False) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.keys import KeyStore
 from gateway.metrics import Metrics
 from gateway.models_config import ModelsConfig
+from gateway.ratelimit import Limiter
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -18,4 +20,6 @@ class AppState:
     registry: Registry
     upstream: Upstream
     metrics: Metrics
+    keys: KeyStore | None  # None: auth switched off
+    limiter: Limiter
     models_body: bytes  # GET /v1/models, rendered once

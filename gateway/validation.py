@@ -25,6 +25,10 @@ class RequestView:
     model: str
     stream: bool
     body: bytes
+    doc: dict[str, Any]  # the parsed body, kept for the rare request the gateway must amend
+    max_tokens: int | None  # max_completion_tokens wins over max_tokens, as in vLLM
+    n: int
+    include_usage: bool  # the client asked for the usage chunk of a stream
 
 
 _TYPE_NAMES = {
@@ -58,10 +62,10 @@ def _optional_bool(doc: dict[str, Any], param: str) -> bool:
     return value
 
 
-def _optional_positive_int(doc: dict[str, Any], param: str) -> None:
+def _optional_positive_int(doc: dict[str, Any], param: str) -> int | None:
     value = doc.get(param)
     if value is None:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong_type(param, "an integer", value)
     if value < 1:
@@ -69,17 +73,19 @@ def _optional_positive_int(doc: dict[str, Any], param: str) -> None:
             f"Invalid value for '{param}': expected an integer of at least 1, got {value}.",
             param=param,
         )
+    return value
 
 
-def _check_stream_options(doc: dict[str, Any]) -> None:
+def _include_usage(doc: dict[str, Any]) -> bool:
     options = doc.get("stream_options")
     if options is None:
-        return
+        return False
     if not isinstance(options, dict):
         raise _wrong_type("stream_options", "an object", options)
     include = options.get("include_usage")
     if include is not None and not isinstance(include, bool):
         raise _wrong_type("stream_options.include_usage", "a boolean", include)
+    return include is True
 
 
 def _check_messages(doc: dict[str, Any]) -> None:
@@ -141,7 +147,17 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestView:
     else:
         _check_prompt(doc)
     stream = _optional_bool(doc, "stream")
-    _check_stream_options(doc)
-    for param in ("max_tokens", "max_completion_tokens", "n"):
-        _optional_positive_int(doc, param)
-    return RequestView(endpoint=endpoint, model=model, stream=stream, body=body)
+    include_usage = _include_usage(doc)
+    max_tokens = _optional_positive_int(doc, "max_tokens")
+    max_tokens = _optional_positive_int(doc, "max_completion_tokens") or max_tokens
+    n = _optional_positive_int(doc, "n") or 1
+    return RequestView(
+        endpoint=endpoint,
+        model=model,
+        stream=stream,
+        body=body,
+        doc=doc,
+        max_tokens=max_tokens,
+        n=n,
+        include_usage=include_usage,
+    )

@@ -81,6 +81,7 @@ def start_gateway(
     port = free_port()
     config = tmp / f"models-{port}.yaml"
     config.write_text(models_yaml)
+    env = {"GATEWAY_AUTH_ENABLED": "false", **(env or {})}  # tests that want keys say so
     proc = Proc(
         [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)],
         tmp / f"gateway-{port}.log",

@@ -5,6 +5,7 @@ gateway in front (`run`, what `make run` does), or make a stand-in model (`tinym
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -66,7 +67,10 @@ def _start_gateway(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         "--port",
         str(args.gateway_port),
     ]
-    process = subprocess.Popen(command, cwd=REPO_ROOT)  # noqa: S603
+    # Local use: no API keys (the README says how to turn them on). Only an explicit
+    # setting switches them off, and this is it.
+    env = {"GATEWAY_AUTH_ENABLED": "false", **os.environ}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)  # noqa: S603
     print(
         f"gateway: http://{args.gateway_host}:{args.gateway_port}/v1 "
         "(all workers ready; Ctrl-C stops everything)",

@@ -6,45 +6,87 @@ request parsing or dependency solving per request, only what the gateway needs.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import orjson
+from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.accounting import UsageTap, body_asking_usage, reserve_tokens
 from gateway.api.deps import State
+from gateway.auth import authenticate
 from gateway.errors import GatewayError, ModelNotFound, PayloadTooLarge
-from gateway.relay import Relay
+from gateway.keys import Principal
+from gateway.ratelimit import Admission
+from gateway.relay import Outbound, Relay
+from gateway.routing.registry import ModelRoute
 from gateway.state import AppState
-from gateway.validation import Endpoint, parse_request
+from gateway.validation import Endpoint, RequestView, parse_request
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=None)
-async def list_models(state: State) -> Response:
-    return Response(state.models_body, media_type="application/json")
+async def list_models(request: Request, state: State) -> Response:
+    principal = authenticate(request.scope["headers"], state.keys)
+    if principal.models is None:
+        return Response(state.models_body, media_type="application/json")
+    doc = orjson.loads(state.models_body)
+    doc["data"] = [m for m in doc["data"] if m["id"] in principal.models]
+    return Response(orjson.dumps(doc), media_type="application/json")
 
 
 class CompletionRoute:
-    """POST handler for one completion endpoint: read, validate, route, relay."""
+    """POST handler for one completion endpoint: authenticate, validate, route, limit, relay."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: AppState = scope["app"].state.gateway
+        request_state = scope["state"]
         try:
+            principal = authenticate(scope["headers"], state.keys)
+            request_state["key"] = principal.name
             body = await read_body(scope, receive, state.settings.max_body_bytes)
             view = parse_request(self.endpoint, body)
-            route = state.registry.route(view.model)
-            if route is None:
-                raise ModelNotFound(view.model)
+            route = _route_for(state, principal, view.model)
+            admission = await _admit(state, principal, view)
         except GatewayError as exc:
             await exc.to_response()(scope, receive, send)
             return
-        request_state = scope["state"]
         request_state["model"] = route.name  # a configured name: a bounded metrics label
-        await Relay(state, view, route, request_state["request_id"])(scope, receive, send)
+        relay = Relay(state, view, route, request_state["request_id"], _outbound(view, admission))
+        try:
+            await relay(scope, receive, send)
+        finally:
+            if admission is not None:
+                await state.limiter.settle(admission, relay.used_tokens)
+
+
+def _route_for(state: AppState, principal: Principal, model: str) -> ModelRoute:
+    route = state.registry.route(model)
+    if route is None or not principal.may_use(model):
+        raise ModelNotFound(model)
+    return route
+
+
+async def _admit(state: AppState, principal: Principal, view: RequestView) -> Admission | None:
+    if not principal.limited:
+        return None
+    reserve = reserve_tokens(view, state.settings.default_reserved_completion_tokens)
+    return await state.limiter.admit(principal, reserve)
+
+
+def _outbound(view: RequestView, admission: Admission | None) -> Outbound:
+    if admission is None:
+        return Outbound(view.body)
+    if admission.principal.tpm is None:
+        return Outbound(view.body, admission.headers)
+    if view.stream:  # ask vLLM for the usage chunk; strip it if the client did not ask
+        tap = UsageTap(strip=not view.include_usage)
+        return Outbound(body_asking_usage(view), admission.headers, tap=tap)
+    return Outbound(view.body, admission.headers, count_usage=True)
 
 
 def completion_routes() -> dict[str, CompletionRoute]:

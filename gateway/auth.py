@@ -1,0 +1,35 @@
+"""API key -> Principal. Only the OpenAI routes authenticate: /health, /ready and /metrics are
+the exact set of open paths, and unknown paths answer 404 either way."""
+
+from __future__ import annotations
+
+from gateway.errors import InvalidAPIKey
+from gateway.keys import KeyStore, Principal
+
+# Auth switched off (GATEWAY_AUTH_ENABLED=false): one caller, no limits.
+ANONYMOUS = Principal(name="anonymous", models=None, rpm=None, tpm=None, max_concurrent=None)
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() != b"bearer" or not token.strip():
+                return None
+            return token.strip().decode("latin-1")
+    return None
+
+
+def authenticate(headers: list[tuple[bytes, bytes]], store: KeyStore | None) -> Principal:
+    """The caller's Principal; InvalidAPIKey when the key is missing or unknown."""
+    if store is None:
+        return ANONYMOUS
+    token = bearer_token(headers)
+    if token is None:
+        raise InvalidAPIKey(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+        )
+    principal = store.lookup(token)
+    if principal is None:
+        raise InvalidAPIKey("Incorrect API key provided.")
+    return principal

@@ -1,0 +1,139 @@
+"""API keys: the keys file (SHA-256 hashes only), its reloading, and making new keys.
+
+A key never exists in clear outside the client and the one `keys new` print. Lookups hash the
+presented key and compare digests, so no comparison ever runs over the secret itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.models_config import ConfigError
+
+log = logging.getLogger("gateway.keys")
+KEY_PREFIX = "sk-gw-"
+
+
+class KeyEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    models: list[str] | None = None  # None: every model
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: list[KeyEntry] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key's name (never the key) and what it may do."""
+
+    name: str
+    models: frozenset[str] | None
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_keys(text: str, source: str) -> dict[str, Principal]:
+    try:
+        doc = yaml.safe_load(text) or {}
+        keys = KeysFile.model_validate(doc)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{source}: invalid keys file: {exc}") from exc
+    table: dict[str, Principal] = {}
+    for entry in keys.keys:
+        if entry.sha256 in table:
+            raise ConfigError(f"{source}: key {entry.name!r} has the same hash as another key")
+        table[entry.sha256] = Principal(
+            name=entry.name,
+            models=frozenset(entry.models) if entry.models is not None else None,
+            rpm=entry.rpm,
+            tpm=entry.tpm,
+            max_concurrent=entry.max_concurrent,
+        )
+    return table
+
+
+class KeyStore:
+    """The keys file in memory; `watch()` re-reads it when it changes, without a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp = self._stat()
+        self._table = parse_keys(self._read(), str(path))
+
+    def lookup(self, key: str) -> Principal | None:
+        return self._table.get(hash_key(key))
+
+    def _read(self) -> str:
+        try:
+            return self._path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{self._path}: cannot read keys file: {exc.strerror}") from exc
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            info = os.stat(self._path)
+        except OSError:
+            return (0, 0, 0)
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def reload_if_changed(self) -> bool:
+        """Re-read a changed file; a broken file keeps the previous keys (and says so)."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self._table = parse_keys(self._read(), str(self._path))
+        except ConfigError as exc:
+            log.error("keeping the previous keys: %s", exc)
+            return False
+        log.info("keys file reloaded: %d keys", len(self._table))
+        return True
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.reload_if_changed)
+
+
+def key_entry_yaml(name: str, key: str, **limits: object) -> str:
+    entry: dict[str, object] = {"name": name, "sha256": hash_key(key)}
+    entry.update({k: v for k, v in limits.items() if v is not None})
+    return yaml.safe_dump([entry], sort_keys=False)
