@@ -56,6 +56,12 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="max",
         )
+        self.key_tokens = Counter(
+            "gateway_key_tokens",
+            "Tokens used (prompt + completion, as the worker reported them), by key name.",
+            ["key"],
+            registry=self.registry,
+        )
         self.usage_missing = Counter(
             "gateway_usage_missing",
             "Responses without a usage report: settled on their token reservation.",

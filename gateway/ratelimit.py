@@ -240,6 +240,8 @@ class Limiter:
         """Refund or charge the reservation against what the worker reported; free the lease."""
         if used is None:
             self._metrics.usage_missing.inc()
+        else:
+            self._metrics.key_tokens.labels(admission.principal.name).inc(used)
         delta = 0 if used is None else admission.reserved - used
         if admission.local:
             self._local.settle(admission.principal, delta, admission.lease)
