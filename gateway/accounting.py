@@ -6,14 +6,11 @@ the stream pass through untouched.
 
 from __future__ import annotations
 
-import contextlib
-
 import orjson
 
 from gateway.validation import Endpoint, RequestView
 
-_USAGE = b'"usage":{'
-_EMPTY_CHOICES = b'"choices":[]'
+_USAGE = b'"usage"'  # a key: inside generated text its quotes would be escaped
 
 
 def reserve_tokens(view: RequestView, default_chat_completion: int) -> int:
@@ -64,10 +61,18 @@ class UsageTap:
             return events
         kept = []
         for event in events.split(b"\n\n")[:-1]:
-            if _USAGE in event and _EMPTY_CHOICES in event:
-                with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-                    self.used = total_tokens(orjson.loads(event[6:]).get("usage"))
-                if self._strip:
-                    continue
+            if _USAGE in event and self._is_usage_chunk(event) and self._strip:
+                continue
             kept.append(event + b"\n\n")
         return b"".join(kept)
+
+    def _is_usage_chunk(self, event: bytes) -> bool:
+        """vLLM's final usage chunk: `choices` empty, `usage` set. Records its total."""
+        try:
+            doc = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(doc, dict) or doc.get("choices") != [] or doc.get("usage") is None:
+            return False
+        self.used = total_tokens(doc["usage"])
+        return True

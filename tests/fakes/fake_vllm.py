@@ -112,12 +112,12 @@ class FakeVLLM:
                     "code": status,
                 }
             }
-            await _respond(writer, status, json.dumps(err).encode())
+            await _respond(writer, status, _dumps(err).encode())
             return
         chat = path.endswith("/chat/completions")
         if not body.get("stream"):
             await _wait_or_peer_gone(reader, script.get("stall_first", 0))
-            await _respond(writer, 200, json.dumps(_completion(self.model, chat)).encode())
+            await _respond(writer, 200, _dumps(_completion(self.model, chat)).encode())
             return
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -151,12 +151,12 @@ class FakeVLLM:
                         "code": 500,
                     }
                 }
-                await _chunk(writer, b"data: " + json.dumps(err).encode() + b"\n\n")
+                await _chunk(writer, b"data: " + _dumps(err).encode() + b"\n\n")
                 await _chunk(writer, b"data: [DONE]\n\n")
                 await _chunk(writer, b"")
                 return
             await _chunk(
-                writer, b"data: " + json.dumps(_delta(self.model, chat, index)).encode() + b"\n\n"
+                writer, b"data: " + _dumps(_delta(self.model, chat, index)).encode() + b"\n\n"
             )
             if script.get("gap"):
                 await _wait_or_peer_gone(reader, script["gap"])
@@ -172,9 +172,13 @@ class FakeVLLM:
                     "total_tokens": 3 + count,
                 },
             }
-            await _chunk(writer, b"data: " + json.dumps(usage).encode() + b"\n\n")
+            await _chunk(writer, b"data: " + _dumps(usage).encode() + b"\n\n")
         await _chunk(writer, b"data: [DONE]\n\n")
         await _chunk(writer, b"")
+
+
+def _dumps(doc: object) -> str:
+    return json.dumps(doc, separators=(",", ":"))  # compact, as vLLM writes it
 
 
 def _completion(model: str, chat: bool) -> dict[str, Any]:
