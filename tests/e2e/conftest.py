@@ -11,11 +11,15 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis
 import yaml
 
+from gateway.keys import hash_key, new_key
 from gateway.models_config import ModelsConfig, load_models_config
 from tests.procs import ROOT, Proc, free_port, start_gateway
 from workers.local import LocalWorkers
+
+TPM_LIMIT = 1500
 
 
 @dataclass
@@ -24,6 +28,8 @@ class RealStack:
     config: ModelsConfig
     engines: LocalWorkers
     proc: Proc
+    key: str  # every model, no limits
+    tpm_key: str  # tokens-per-minute limited (TPM_LIMIT)
 
     @property
     def model_names(self) -> list[str]:
@@ -57,8 +63,21 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     with LocalWorkers(config, ports=ports) as engines:
         attached = engines.attached_config()
         text = yaml.safe_dump(attached.model_dump(mode="json", exclude_none=True))
-        proc, url = start_gateway(tmp_path_factory.mktemp("real"), text)
+        tmp = tmp_path_factory.mktemp("real")
+        key, tpm_key = new_key(), new_key()
+        (tmp / "keys.yaml").write_text(
+            "keys:\n"
+            f"  - {{name: e2e, sha256: {hash_key(key)}}}\n"
+            f"  - {{name: e2e-tpm, sha256: {hash_key(tpm_key)}, tpm: {TPM_LIMIT}}}\n"
+        )
+        env = {
+            "GATEWAY_AUTH_ENABLED": "true",
+            "GATEWAY_KEYS_FILE": str(tmp / "keys.yaml"),
+            "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/12",
+        }
+        redis.Redis.from_url(env["GATEWAY_REDIS_URL"]).flushdb()
+        proc, url = start_gateway(tmp, text, env)
         try:
-            yield RealStack(url, config, engines, proc)
+            yield RealStack(url, config, engines, proc, key, tpm_key)
         finally:
             proc.stop()

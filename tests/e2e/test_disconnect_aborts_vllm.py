@@ -40,7 +40,8 @@ async def drop_after(real: RealStack, body: dict[str, object], events: int) -> N
     received = asyncio.Event()
 
     async def generate() -> None:
-        async with httpx.AsyncClient(base_url=real.gateway, timeout=60) as http:  # noqa: SIM117
+        auth = {"authorization": f"Bearer {real.key}"}
+        async with httpx.AsyncClient(base_url=real.gateway, timeout=60, headers=auth) as http:  # noqa: SIM117
             async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                 assert response.status_code == 200
                 seen = 0

@@ -12,11 +12,11 @@ CHAT = [{"role": "user", "content": "Say something."}]
 
 
 def client(real: RealStack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=real.gateway + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=real.gateway + "/v1", api_key=real.key, max_retries=0)
 
 
 def aclient(real: RealStack) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=real.gateway + "/v1", api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=real.gateway + "/v1", api_key=real.key, max_retries=0)
 
 
 def test_each_model_is_answered_by_its_own_engine(real: RealStack) -> None:
