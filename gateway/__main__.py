@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
@@ -83,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if settings.processes == 1:
         uvicorn.run(app, **options)
         return 0
+    if settings.redis_url is None:
+        logging.getLogger("gateway").warning(
+            "%d processes without GATEWAY_REDIS_URL: each enforces the per-key limits on its "
+            "own, so together they admit up to %d times a key's limits",
+            settings.processes,
+            settings.processes,
+        )
     # Several processes share the port. Each builds its app from the environment, so the
     # command line's settings travel there; metrics are summed across them by prometheus_client.
     for key, value in overrides.items():
