@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.errors import LimiterUnavailable, RateLimited
@@ -145,11 +148,14 @@ class RedisBuckets:
     """limits.lua and settle.lua, through one pooled redis-py client with tight timeouts."""
 
     def __init__(self, url: str, timeout: float, lease_ttl: float) -> None:
+        # One immediate retry on a connection error: after a Redis restart every pooled
+        # connection fails its first command although Redis is up. Timeouts are not retried.
         self._redis = Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry_on_error=[RedisConnectionError],
             health_check_interval=0,
         )
         self._lease_ttl = lease_ttl
@@ -262,6 +268,7 @@ class Limiter:
             log.error("Redis unavailable (%s); %s until it is back", type(exc).__name__, mode)
 
     def _recovered(self) -> None:
+        self._down_until = 0.0  # a call begun before an error may succeed after it
         if self._incident:
             self._incident = False
             self._metrics.ratelimit_degraded.set(0)

@@ -20,6 +20,7 @@ from gateway.accounting import UsageTap, usage_of_response
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, upstream_error_from_body
 from gateway.routing.policy import pick
 from gateway.streaming import SSEFramer, leading_error
+from gateway.transport import chunk_reader
 from gateway.upstream import translate
 from gateway.validation import RequestView
 
@@ -161,10 +162,15 @@ class Relay:
                 )
                 if response.status_code != 200:
                     raise upstream_error_from_body(response.status_code, await response.aread())
-                chunks = response.aiter_raw()
+                read = chunk_reader(response)
                 events = b""
                 while not events:
-                    events = framer.feed(await anext(chunks))
+                    chunk = await read()
+                    if not chunk:
+                        raise UpstreamFailed(
+                            f"worker {worker.name} ended the stream before its first event"
+                        )
+                    events = framer.feed(chunk)
                 error = leading_error(events)
                 if error is not None:  # the worker failed before its first token
                     raise upstream_error_from_body(_status_of(error), error)
@@ -173,7 +179,7 @@ class Relay:
                 tap = self._out.tap
                 await self._body(tap.feed(events) if tap else events)
                 timer.reschedule(min(loop.time() + settings.idle_timeout, total_deadline))
-                async for chunk in chunks:
+                while chunk := await read():
                     events = framer.feed(chunk)
                     if events:
                         await self._body(tap.feed(events) if tap else events)
@@ -183,7 +189,7 @@ class Relay:
             if not framer.done:
                 raise UpstreamFailed(f"worker {worker.name} ended the stream before it finished")
             await self._body(b"", final=True)
-        except (TimeoutError, StopAsyncIteration, httpx.HTTPError, GatewayError) as exc:
+        except (TimeoutError, httpx.HTTPError, GatewayError) as exc:
             failure = _stream_failure(exc, worker, committed, settings.idle_timeout)
             if not committed:
                 raise failure from None
@@ -245,7 +251,5 @@ def _stream_failure(
     if isinstance(exc, TimeoutError):
         what = f"no data for {idle:g}s" if committed else "no first token in time"
         return UpstreamTimeout(f"worker {worker.name} stalled: {what}")
-    if isinstance(exc, StopAsyncIteration):
-        return UpstreamFailed(f"worker {worker.name} ended the stream before its first event")
     assert isinstance(exc, httpx.HTTPError)
     return translate(exc, worker)

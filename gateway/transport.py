@@ -7,7 +7,7 @@ upstream.py's single translation into the GatewayError tree still applies.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import httpx
@@ -25,6 +25,13 @@ class _AiohttpStream(httpx.AsyncByteStream):
         except aiohttp.ClientError as exc:
             raise _as_httpx(exc) from exc
 
+    async def read_any(self) -> bytes:
+        """Whatever has arrived (waiting for something), b"" at the end of the body."""
+        try:
+            return await self._response.content.readany()
+        except aiohttp.ClientError as exc:
+            raise _as_httpx(exc) from exc
+
     async def aclose(self) -> None:
         # An unfinished body closes the connection instead of returning it to the pool: the
         # worker sees the socket close and aborts the generation (vLLM frees its KV cache).
@@ -32,6 +39,23 @@ class _AiohttpStream(httpx.AsyncByteStream):
             self._response.release()
         else:
             self._response.close()
+
+
+def chunk_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+    """A function returning the body's next piece as it arrives (b"" at the end).
+
+    For this transport's responses it reads aiohttp's buffer directly: a relayed stream pays
+    for one await per chunk instead of httpx's stack of async generators.
+    """
+    stream = response.stream
+    if isinstance(stream, _AiohttpStream):
+        return stream.read_any
+    chunks = response.aiter_raw()
+
+    async def read() -> bytes:
+        return await anext(chunks, b"")
+
+    return read
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
