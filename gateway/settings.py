@@ -52,4 +52,5 @@ class Settings(BaseSettings):
     default_reserved_completion_tokens: Annotated[int, Field(ge=1)] = 1024
 
     max_body_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
-    max_upstream_connections: Annotated[int, Field(gt=0)] = 2048
+    # One per open stream (HTTP/1.1): beyond it requests wait for a free connection.
+    max_upstream_connections: Annotated[int, Field(gt=0)] = 16384
