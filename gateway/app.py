@@ -21,6 +21,7 @@ from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContext
 from gateway.models_config import ConfigError, ModelsConfig, load_models_config
+from gateway.placement import placement_errors
 from gateway.ratelimit import Limiter, LocalBuckets, RedisBuckets
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
@@ -81,6 +82,9 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
     """Build the app. `config` defaults to the file named by settings.config (read now, so a bad
     file fails at start, not at the first request)."""
     models = config if config is not None else load_models_config(settings.config)
+    if problems := placement_errors(models):
+        source = settings.config if config is None else "models config"
+        raise ConfigError(f"{source}: invalid worker placement\n  " + "\n  ".join(problems))
     keys = _key_store(settings)
     metrics = Metrics()
 

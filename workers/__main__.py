@@ -1,5 +1,6 @@
 """`python -m workers`: launch configs/models.yaml's workers on CPU, alone (`up`) or with the
-gateway in front (`run`, what `make run` does), or make a stand-in model (`tinymodel`).
+gateway in front (`run`, what `make run` does), or make a stand-in model (`tinymodel`); for a GPU
+host, check the placement (`check`) and render compose.gpu.yml and Prometheus' config (`render`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from gateway.models_config import ConfigError, load_models_config
 from workers.cpu_plan import DEFAULT_CACHE_DIR, DEFAULT_VENV, REPO_ROOT
+from workers.deploy_cli import add_deploy_commands
 from workers.local import LocalWorkers, WorkerStartError, log_tail
 
 
@@ -136,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv holding torch")
     tiny.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for workers.tinymodel")
     tiny.set_defaults(handler=_tinymodel)
+    add_deploy_commands(sub, default_config=REPO_ROOT / "configs" / "models.yaml")
     return parser
 
 
