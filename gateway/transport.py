@@ -29,7 +29,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
         """Whatever has arrived (waiting for something), b"" at the end of the body."""
         try:
             return await self._response.content.readany()
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise _as_httpx(exc) from exc
 
     async def aclose(self) -> None:
@@ -61,6 +61,11 @@ def chunk_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
 class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, connect_timeout: float, max_connections: int, keepalive: float) -> None:
         self._connect_timeout = connect_timeout
+        # Applies to requests that bring no timeout of their own (the relay's: it keeps its own
+        # first-byte, idle and total deadlines), so opening a connection is always bounded.
+        self._default_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout
+        )
         self._max_connections = max_connections
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
@@ -73,9 +78,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout
-                ),
+                timeout=self._default_timeout,
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -99,9 +102,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_connect=timeout.get("connect", self._connect_timeout),
                 )
                 if timeout
-                else None,
+                else self._default_timeout,
             )
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:  # TimeoutError: aiohttp's `total`
             raise _as_httpx(exc) from exc
         return httpx.Response(
             status_code=response.status,
@@ -116,11 +119,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
-def _as_httpx(exc: aiohttp.ClientError) -> httpx.TransportError:
+def _as_httpx(exc: aiohttp.ClientError | TimeoutError) -> httpx.TransportError:
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError):
         return httpx.ReadTimeout(message)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return httpx.ConnectError(message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,13 @@ class FakeStack:
         return stats
 
 
-def _models(fake_url: str) -> str:
+def _models(fake_url: str, blackhole_port: int) -> str:
     return f"""
 models:
+  - name: blackhole
+    model: nothing
+    workers:
+      - {{name: hole-0, url: "http://127.0.0.1:{blackhole_port}"}}
   - name: fake-a
     model: fake
     workers:
@@ -37,22 +43,41 @@ models:
 """
 
 
+def blackhole() -> tuple[list[socket.socket], int]:
+    """A port whose connections never complete: a listener with a full accept queue, so the
+    kernel drops further SYNs (a worker that hangs before accepting)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    return [listener, *fillers], port
+
+
 @pytest.fixture(scope="session")
 def fake_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakeStack]]:
     """Two gateways on one fake worker: `strict` has short timeouts, `patient` long ones."""
     tmp = tmp_path_factory.mktemp("fake-stack")
     fake, fake_url = start_fake(tmp, "fake-a")
+    hole, hole_port = blackhole()
     strict, strict_url = start_gateway(
         tmp,
-        _models(fake_url),
+        _models(fake_url, hole_port),
         {
             "GATEWAY_FIRST_BYTE_TIMEOUT": "1",
             "GATEWAY_IDLE_TIMEOUT": "1",
             "GATEWAY_TOTAL_TIMEOUT": "3",
+            "GATEWAY_CONNECT_TIMEOUT": "0.5",
             "GATEWAY_MAX_BODY_BYTES": "100000",
         },
     )
-    patient, patient_url = start_gateway(tmp, _models(fake_url))
+    patient, patient_url = start_gateway(tmp, _models(fake_url, hole_port))
     try:
         yield {
             "strict": FakeStack(strict_url, fake_url, strict.log),
@@ -61,6 +86,8 @@ def fake_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     finally:
         for proc in (strict, patient, fake):
             proc.stop()
+        for sock in hole:
+            sock.close()
 
 
 @pytest.fixture

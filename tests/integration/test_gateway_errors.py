@@ -132,3 +132,12 @@ def test_stall_before_first_byte_is_504(strict: FakeStack, stream: bool) -> None
     response = post(strict, body)
     assert response.status_code == 504
     assert envelope(response)["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_worker_that_never_accepts_is_502_after_the_connect_timeout(
+    strict: FakeStack, stream: bool
+) -> None:
+    response = post(strict, {"model": "blackhole", "messages": CHAT, "stream": stream})
+    assert response.status_code == 502  # 0.5 s connect timeout, not the 1 s first-byte one
+    assert envelope(response)["code"] == "upstream_unavailable"

@@ -143,9 +143,9 @@ def test_metrics_count_requests_by_model_endpoint_and_status(strict: FakeStack) 
 def test_ready_names_models_without_a_worker(strict: FakeStack) -> None:
     response = httpx.get(strict.gateway + "/ready")
     assert response.status_code == 503
-    assert response.json()["models"] == {"fake-a": ["fake-0"], "dead": []}
+    assert response.json()["models"] == {"blackhole": [], "fake-a": ["fake-0"], "dead": []}
 
 
 def test_models_lists_every_configured_model(strict: FakeStack) -> None:
     client = openai.OpenAI(base_url=strict.gateway + "/v1", api_key="x", max_retries=0)
-    assert sorted(m.id for m in client.models.list()) == ["dead", "fake-a"]
+    assert sorted(m.id for m in client.models.list()) == ["blackhole", "dead", "fake-a"]
