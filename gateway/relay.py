@@ -17,6 +17,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.accounting import UsageTap, usage_of_response
+from gateway.deadline import MovingDeadline
 from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, upstream_error_from_body
 from gateway.routing.policy import pick
 from gateway.streaming import SSEFramer, leading_error
@@ -156,7 +157,7 @@ class Relay:
         framer = SSEFramer()
         committed = False
         try:
-            async with asyncio.timeout_at(first_deadline) as timer:
+            async with MovingDeadline(first_deadline) as deadline:
                 response = await self._state.upstream.open(
                     worker, self._view.endpoint.value, self._out.body, self._request_id
                 )
@@ -178,12 +179,12 @@ class Relay:
                 committed = True
                 tap = self._out.tap
                 await self._body(tap.feed(events) if tap else events)
-                timer.reschedule(min(loop.time() + settings.idle_timeout, total_deadline))
+                deadline.at = min(loop.time() + settings.idle_timeout, total_deadline)
                 while chunk := await read():
                     events = framer.feed(chunk)
                     if events:
                         await self._body(tap.feed(events) if tap else events)
-                    timer.reschedule(min(loop.time() + settings.idle_timeout, total_deadline))
+                    deadline.at = min(loop.time() + settings.idle_timeout, total_deadline)
                 if tap is not None:
                     self.used_tokens = tap.used
             if not framer.done:
