@@ -1,0 +1,154 @@
+"""What the load is sent to: the fake upstream directly, or a gateway configuration in front of it.
+
+A configuration is a label, GATEWAY_* variables and the limits of the bench's API key, so
+features can be switched per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.procs import ROOT, Service, free_port, pinned
+
+MODEL = "bench-model"
+# Without API keys the bench measures the bare gateway; a configuration turns them on with
+# GATEWAY_AUTH_ENABLED=true, and then gets a keys file holding the bench's key.
+BASE_ENV = {"GATEWAY_AUTH_ENABLED": "false"}
+KEY_LIMITS = ("rpm", "tpm", "max_concurrent")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    label: str
+    env: dict[str, str] = field(default_factory=dict)
+    processes: int = 1
+    key_limits: dict[str, int] = field(default_factory=dict)  # of the bench's API key
+
+    @property
+    def auth(self) -> bool:
+        return self.env.get("GATEWAY_AUTH_ENABLED", "true").lower() in ("1", "true", "yes", "on")
+
+    def describe(self) -> str:
+        env = ", ".join(f"`{k}={v}`" for k, v in sorted(self.env.items())) or "none (defaults)"
+        noun = "process" if self.processes == 1 else "processes"
+        text = f"`{self.label}`: {self.processes} {noun}; GATEWAY_* set: {env}"
+        if self.auth:
+            limits = ", ".join(f"{k}={v}" for k, v in sorted(self.key_limits.items()))
+            text += f"; API key limits: {limits or 'none'}"
+        return text
+
+
+def new_api_key() -> str:
+    """The key all loads send as `Authorization: Bearer` (ignored while auth is off)."""
+    return "sk-gw-bench-" + secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A URL under load; `service` is the gateway whose CPU is measured (None: direct)."""
+
+    name: str
+    url: str
+    service: Service | None = None
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        env[key.strip()] = value
+    return env
+
+
+def parse_config_set(spec: str, common: dict[str, str], processes: int) -> GatewayConfig:
+    """`name:KEY=V,key.rpm=N,...` (or just `name`) -> a configuration on top of `common`.
+
+    `key.rpm`, `key.tpm` and `key.max_concurrent` are limits of the bench's API key (they go
+    into the keys file); every other item is an environment variable.
+    """
+    label, _, rest = spec.partition(":")
+    if not label:
+        raise ValueError(f"a config set needs a name: {spec!r}")
+    items = parse_env([p for p in rest.split(",") if p.strip()])
+    limits: dict[str, int] = {}
+    for name in [k for k in items if k.startswith("key.")]:
+        limit = name.removeprefix("key.")
+        if limit not in KEY_LIMITS:
+            raise ValueError(f"{name}: the key's limits are {', '.join(KEY_LIMITS)}")
+        limits[limit] = int(items.pop(name))
+    return GatewayConfig(label, {**common, **items}, processes, limits)
+
+
+def keys_file(path: Path, api_key: str, limits: dict[str, int]) -> Path:
+    """The gateway's keys file with the bench's key (JSON, which is YAML too)."""
+    entry: dict[str, object] = {
+        "name": "bench",
+        "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+    }
+    entry.update(limits)
+    path.write_text(json.dumps({"keys": [entry]}, indent=1))
+    return path
+
+
+def models_yaml(upstream_url: str) -> str:
+    return (
+        "models:\n"
+        f"  - name: {MODEL}\n"
+        "    model: bench/fake-upstream\n"
+        "    workers:\n"
+        f'      - {{name: bench-upstream, url: "{upstream_url}"}}\n'
+    )
+
+
+def _processes_option(processes: int) -> list[str]:
+    """`--processes N` for a gateway of N processes (CPU and RSS are summed over its tree)."""
+    if processes == 1:
+        return []  # also works with a gateway from before --processes existed
+    usage = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "--processes" not in usage:
+        raise SystemExit(f"--processes {processes}: this gateway has no --processes option")
+    return ["--processes", str(processes)]
+
+
+def start_gateway(
+    config: GatewayConfig, upstream_url: str, cpus: str, log_dir: Path, api_key: str
+) -> tuple[Service, str]:
+    """Start a gateway for `config` pinned to `cpus`; return once its /health answers."""
+    port = free_port()
+    config_file = log_dir / f"models-{config.label}-{port}.yaml"
+    config_file.write_text(models_yaml(upstream_url))
+    # Inherited GATEWAY_* variables are dropped: only the configuration decides what is on.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(config.env)
+    if config.auth and "GATEWAY_KEYS_FILE" not in env:
+        path = log_dir / f"keys-{config.label}-{port}.yaml"
+        env["GATEWAY_KEYS_FILE"] = str(keys_file(path, api_key, config.key_limits))
+    args = [sys.executable, "-m", "gateway", "--config", str(config_file), "--port", str(port)]
+    service = Service(
+        f"gateway {config.label}",
+        pinned(cpus, [*args, *_processes_option(config.processes)]),
+        log_dir / f"gateway-{config.label}-{port}.log",
+        env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        service.wait_http(url + "/health")
+    except RuntimeError:
+        service.stop()
+        raise
+    return service, url
