@@ -75,6 +75,13 @@ def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
     return proc, url
 
 
+def one_worker_models(worker_url: str, model: str = "fake-a") -> str:
+    """A models.yaml serving `model` from the one (fake) worker at `worker_url`."""
+    return (
+        f"models:\n  - {{name: {model}, model: f, workers: [{{name: w0, url: '{worker_url}'}}]}}\n"
+    )
+
+
 def start_gateway(
     tmp: Path, models_yaml: str, env: Mapping[str, str] | None = None
 ) -> tuple[Proc, str]:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from gateway.keys import hash_key, new_key
-from tests.procs import Proc, start_fake, start_gateway
+from tests.procs import Proc, one_worker_models, start_fake, start_gateway
 from tests.redis_server import RedisServer
 
 DB = 13
@@ -58,10 +58,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
     try:
         fake, fake_url = start_fake(tmp, "fake-a")
         procs.append(fake)
-        models = (
-            "models:\n  - name: fake-a\n    model: f\n    workers:\n"
-            f"      - {{name: f0, url: '{fake_url}'}}\n"
-        )
+        models = one_worker_models(fake_url)
         env = {
             "GATEWAY_AUTH_ENABLED": "true",
             "GATEWAY_KEYS_FILE": str(keys_file),

@@ -22,7 +22,7 @@ import yaml
 from gateway.accounting import reserve_tokens
 from gateway.keys import hash_key, new_key
 from gateway.validation import Endpoint, parse_request
-from tests.procs import Proc, start_fake, start_gateway
+from tests.procs import Proc, one_worker_models, start_fake, start_gateway
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 CHAT = [{"role": "user", "content": "hi"}]
@@ -61,10 +61,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     keys_file = tmp / "keys.yaml"
     keys_file.write_text(yaml.safe_dump({"keys": entries}))
     fake, fake_url = start_fake(tmp, "fake-a")
-    models = (
-        "models:\n  - name: fake-a\n    model: f\n    workers:\n"
-        f"      - {{name: f0, url: '{fake_url}'}}\n"
-    )
+    models = one_worker_models(fake_url)
     env = {
         "GATEWAY_AUTH_ENABLED": "true",
         "GATEWAY_KEYS_FILE": str(keys_file),

@@ -9,17 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.procs import start_fake, start_gateway
+from tests.procs import one_worker_models, start_fake, start_gateway
 
 
 @pytest.fixture(scope="module")
 def two_process_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("multiproc")
     fake, fake_url = start_fake(tmp, "fake-a")
-    models = (
-        "models:\n  - name: fake-a\n    model: f\n    workers:\n"
-        f"      - {{name: f0, url: '{fake_url}'}}\n"
-    )
+    models = one_worker_models(fake_url)
     gateway, url = start_gateway(tmp, models, {"GATEWAY_PROCESSES": "2"})
     try:
         yield url
