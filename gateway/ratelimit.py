@@ -244,14 +244,19 @@ class Limiter:
 
     async def settle(self, admission: Admission, used: int | None) -> None:
         """Refund or charge the reservation against what the worker reported; free the lease."""
-        if used is None:
-            self._metrics.usage_missing.inc()
-        else:
-            self._metrics.key_tokens.labels(admission.principal.name).inc(used)
-        delta = 0 if used is None else admission.reserved - used
+        principal = admission.principal
+        delta = 0
+        if principal.tpm is not None:  # only then is usage asked for and read
+            if used is None:
+                self._metrics.usage_missing.inc()
+            else:
+                self._metrics.key_tokens.labels(principal.name).inc(used)
+                delta = admission.reserved - used
         if admission.local:
-            self._local.settle(admission.principal, delta, admission.lease)
+            self._local.settle(principal, delta, admission.lease)
             return
+        if delta == 0 and principal.max_concurrent is None:
+            return  # nothing to give back: no Redis round trip (e.g. a key with rpm only)
         assert self._redis is not None
         try:
             await self._redis.settle(admission.principal, delta, admission.lease)

@@ -309,8 +309,14 @@ async def test_limiter_concurrency_refusal_is_a_429_and_settle_frees_the_slot(
     assert "concurrent requests" in refused.value.message
     assert int(refused.value.headers["retry-after"]) >= 1
     await gate.settle(admission, 7)
-    await gate.settle(await gate.admit(principal, 10), None)
-    assert sample(metrics, "gateway_key_tokens_total", key=principal.name) == 7
+    await gate.settle(await gate.admit(principal, 10), None)  # the slot came back
+    # Tokens are only accounted for keys with a tpm limit (only they ask for usage).
+    assert sample(metrics, "gateway_key_tokens_total", key=principal.name) == 0
+    assert sample(metrics, "gateway_usage_missing_total") == 0
+    counted = key(tpm=1000, max_concurrent=1)
+    await gate.settle(await gate.admit(counted, 10), 7)
+    await gate.settle(await gate.admit(counted, 10), None)
+    assert sample(metrics, "gateway_key_tokens_total", key=counted.name) == 7
     assert sample(metrics, "gateway_usage_missing_total") == 1
 
 
