@@ -320,15 +320,18 @@ async def test_limiter_concurrency_refusal_is_a_429_and_settle_frees_the_slot(
     assert sample(metrics, "gateway_usage_missing_total") == 1
 
 
-async def test_limiter_fails_open_to_local_buckets_while_redis_is_unreachable() -> None:
+def dead_redis_limiter(*, fail_open: bool, retry_interval: float) -> tuple[Limiter, Metrics]:
+    """A Limiter whose Redis never answers (nothing listens on its port)."""
     metrics = Metrics()
-    gate = Limiter(
-        RedisBuckets(DEAD_REDIS_URL, timeout=0.5, lease_ttl=60.0),
-        LocalBuckets(),
-        metrics,
-        fail_open=True,
-        retry_interval=60.0,
+    redis = RedisBuckets(DEAD_REDIS_URL, timeout=0.5, lease_ttl=60.0)
+    limiter = Limiter(
+        redis, LocalBuckets(), metrics, fail_open=fail_open, retry_interval=retry_interval
     )
+    return limiter, metrics
+
+
+async def test_limiter_fails_open_to_local_buckets_while_redis_is_unreachable() -> None:
+    gate, metrics = dead_redis_limiter(fail_open=True, retry_interval=60.0)
     try:
         principal = key(rpm=2)
         first = await gate.admit(principal, 10)
@@ -349,14 +352,7 @@ async def test_limiter_fails_open_to_local_buckets_while_redis_is_unreachable() 
 
 
 async def test_limiter_tries_redis_again_once_the_retry_interval_has_passed() -> None:
-    metrics = Metrics()
-    gate = Limiter(
-        RedisBuckets(DEAD_REDIS_URL, timeout=0.5, lease_ttl=60.0),
-        LocalBuckets(),
-        metrics,
-        fail_open=True,
-        retry_interval=0.2,
-    )
+    gate, metrics = dead_redis_limiter(fail_open=True, retry_interval=0.2)
     try:
         principal = key(rpm=100)
         await gate.admit(principal, 10)
@@ -370,14 +366,7 @@ async def test_limiter_tries_redis_again_once_the_retry_interval_has_passed() ->
 
 
 async def test_limiter_fails_closed_with_503_while_redis_is_unreachable() -> None:
-    metrics = Metrics()
-    gate = Limiter(
-        RedisBuckets(DEAD_REDIS_URL, timeout=0.5, lease_ttl=60.0),
-        LocalBuckets(),
-        metrics,
-        fail_open=False,
-        retry_interval=60.0,
-    )
+    gate, metrics = dead_redis_limiter(fail_open=False, retry_interval=60.0)
     try:
         principal = key(rpm=100)
         for _ in range(2):
