@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from gateway.errors import LimiterUnavailable, RateLimited
 from gateway.keys import Principal
 from gateway.metrics import Metrics
+from gateway.redis_batch import ScriptBatcher
 
 log = logging.getLogger("gateway.ratelimit")
 _SCRIPTS = Path(__file__).parent
@@ -161,6 +162,7 @@ class RedisBuckets:
         self._lease_ttl = lease_ttl
         self._admit = self._redis.register_script((_SCRIPTS / "limits.lua").read_text())
         self._settle = self._redis.register_script((_SCRIPTS / "settle.lua").read_text())
+        self._batch = ScriptBatcher(self._redis)
 
     @staticmethod
     def _keys(principal: Principal) -> list[str]:
@@ -168,9 +170,10 @@ class RedisBuckets:
         return [f"gw:{tag}:rpm", f"gw:{tag}:tpm", f"gw:{tag}:leases"]
 
     async def decide(self, principal: Principal, cost: int, lease: str) -> Decision:
-        reply = await self._admit(
-            keys=self._keys(principal),
-            args=[
+        reply = await self._batch.call(
+            self._admit,
+            self._keys(principal),
+            [
                 principal.rpm or 0,
                 principal.tpm or 0,
                 principal.max_concurrent or 0,
@@ -186,7 +189,7 @@ class RedisBuckets:
 
     async def settle(self, principal: Principal, delta: int, lease: str) -> None:
         keys = self._keys(principal)
-        await self._settle(keys=[keys[1], keys[2]], args=[principal.tpm or 0, delta, lease])
+        await self._batch.call(self._settle, [keys[1], keys[2]], [principal.tpm or 0, delta, lease])
 
     async def aclose(self) -> None:
         await self._redis.aclose()
