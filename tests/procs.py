@@ -71,7 +71,11 @@ def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
         tmp / f"fake-{port}.log",
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", proc.popen)
+    try:
+        wait_http(url + "/health", proc.popen)
+    except RuntimeError:
+        proc.stop()
+        raise
     return proc, url
 
 
@@ -95,5 +99,9 @@ def start_gateway(
         env,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", proc.popen)
+    try:
+        wait_http(url + "/health", proc.popen)
+    except RuntimeError:
+        proc.stop()
+        raise
     return proc, url

@@ -64,30 +64,30 @@ def blackhole() -> tuple[list[socket.socket], int]:
 def fake_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakeStack]]:
     """Two gateways on one fake worker: `strict` has short timeouts, `patient` long ones."""
     tmp = tmp_path_factory.mktemp("fake-stack")
-    fake, fake_url = start_fake(tmp, "fake-a")
-    hole, hole_port = blackhole()
-    strict, strict_url = start_gateway(
-        tmp,
-        _models(fake_url, hole_port),
-        {
-            "GATEWAY_FIRST_BYTE_TIMEOUT": "1",
-            "GATEWAY_IDLE_TIMEOUT": "1",
-            "GATEWAY_TOTAL_TIMEOUT": "3",
-            "GATEWAY_CONNECT_TIMEOUT": "0.5",
-            "GATEWAY_MAX_BODY_BYTES": "100000",
-        },
-    )
-    patient, patient_url = start_gateway(tmp, _models(fake_url, hole_port))
-    try:
+    with contextlib.ExitStack() as started:  # whatever started is stopped, even if a start fails
+        fake, fake_url = start_fake(tmp, "fake-a")
+        started.callback(fake.stop)
+        hole, hole_port = blackhole()
+        for sock in hole:
+            started.callback(sock.close)
+        strict, strict_url = start_gateway(
+            tmp,
+            _models(fake_url, hole_port),
+            {
+                "GATEWAY_FIRST_BYTE_TIMEOUT": "1",
+                "GATEWAY_IDLE_TIMEOUT": "1",
+                "GATEWAY_TOTAL_TIMEOUT": "3",
+                "GATEWAY_CONNECT_TIMEOUT": "0.5",
+                "GATEWAY_MAX_BODY_BYTES": "100000",
+            },
+        )
+        started.callback(strict.stop)
+        patient, patient_url = start_gateway(tmp, _models(fake_url, hole_port))
+        started.callback(patient.stop)
         yield {
             "strict": FakeStack(strict_url, fake_url, strict.log),
             "patient": FakeStack(patient_url, fake_url, patient.log),
         }
-    finally:
-        for proc in (strict, patient, fake):
-            proc.stop()
-        for sock in hole:
-            sock.close()
 
 
 @pytest.fixture

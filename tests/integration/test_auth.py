@@ -37,6 +37,13 @@ def keys_yaml(entries: list[tuple[str, str, str]]) -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
     tmp = tmp_path_factory.mktemp("auth")
     fake, fake_url = start_fake(tmp, "fake-a")
+    try:
+        yield from _auth_stack(tmp, fake_url)
+    finally:
+        fake.stop()
+
+
+def _auth_stack(tmp: Path, fake_url: str) -> Iterator[AuthStack]:
     full, narrow = new_key(), new_key()
     keys_file = tmp / "keys.yaml"
     keys_file.write_text(
@@ -59,7 +66,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
         yield AuthStack(url, fake_url, keys_file, full, narrow)
     finally:
         gateway.stop()
-        fake.stop()
 
 
 def sdk(stack: AuthStack, key: str) -> openai.OpenAI:

@@ -16,12 +16,13 @@ from tests.procs import one_worker_models, start_fake, start_gateway
 def two_process_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("multiproc")
     fake, fake_url = start_fake(tmp, "fake-a")
-    models = one_worker_models(fake_url)
-    gateway, url = start_gateway(tmp, models, {"GATEWAY_PROCESSES": "2"})
     try:
-        yield url
+        gateway, url = start_gateway(tmp, one_worker_models(fake_url), {"GATEWAY_PROCESSES": "2"})
+        try:
+            yield url
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
         fake.stop()
 
 
