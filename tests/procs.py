@@ -64,12 +64,12 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
-    port = free_port()
-    proc = Proc(
-        [sys.executable, "-m", "tests.fakes.fake_vllm", "--port", str(port), "--model", model],
-        tmp / f"fake-{port}.log",
-    )
+def start_serving(
+    args: list[str], port: int, log: Path, env: Mapping[str, str] | None = None
+) -> tuple[Proc, str]:
+    """Start a server on `port` and wait for its /health; a server that never comes up is
+    stopped before the error is raised, so no test leaves it behind."""
+    proc = Proc(args, log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", proc.popen)
@@ -77,6 +77,12 @@ def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
         proc.stop()
         raise
     return proc, url
+
+
+def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
+    port = free_port()
+    args = [sys.executable, "-m", "tests.fakes.fake_vllm", "--port", str(port), "--model", model]
+    return start_serving(args, port, tmp / f"fake-{port}.log")
 
 
 def one_worker_models(worker_url: str, model: str = "fake-a") -> str:
@@ -93,15 +99,5 @@ def start_gateway(
     config = tmp / f"models-{port}.yaml"
     config.write_text(models_yaml)
     env = {"GATEWAY_AUTH_ENABLED": "false", **(env or {})}  # tests that want keys say so
-    proc = Proc(
-        [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)],
-        tmp / f"gateway-{port}.log",
-        env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", proc.popen)
-    except RuntimeError:
-        proc.stop()
-        raise
-    return proc, url
+    args = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)]
+    return start_serving(args, port, tmp / f"gateway-{port}.log", env)
