@@ -1,16 +1,32 @@
-"""Token accounting for tokens-per-minute limits: what to reserve, and what vLLM reports used.
+"""Token accounting: what a request reserves against a tokens-per-minute limit, and what vLLM
+reports it used (for the limits and the token counters).
 
-Only requests from keys with a `tpm` limit pay for any of this; for the others the body and
-the stream pass through untouched.
+Streams ask vLLM for its final usage chunk, spliced into the body without re-encoding it; the
+chunk is dropped again when the client did not ask for it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import orjson
 
 from gateway.validation import Endpoint, RequestView
 
 _USAGE = b'"usage"'  # a key: inside generated text its quotes would be escaped
+# vLLM writes `"usage":null` on every chunk once usage is asked; only an object is the report.
+_USAGE_OBJECT = (b'"usage":{', b'"usage": {')
+_ASK_USAGE = b'{"stream_options":{"include_usage":true},'
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt: int
+    completion: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
 
 
 def reserve_tokens(view: RequestView, default_chat_completion: int) -> int:
@@ -24,40 +40,47 @@ def body_asking_usage(view: RequestView) -> bytes:
     """The body, amended to ask vLLM for the final usage chunk of a stream."""
     if not view.stream or view.include_usage:
         return view.body
-    options = view.doc.get("stream_options") or {}
+    options = view.doc.get("stream_options")
+    if options is None:
+        # Not there at all: splice it in after the opening brace (the object has `model`, so
+        # a member follows), leaving every byte the client sent as it was.
+        start = view.body.index(b"{")
+        return _ASK_USAGE + view.body[start + 1 :]
     return orjson.dumps({**view.doc, "stream_options": {**options, "include_usage": True}})
 
 
-def total_tokens(usage: object) -> int | None:
-    if isinstance(usage, dict):
-        total = usage.get("total_tokens")
-        if isinstance(total, int) and total >= 0:
-            return total
+def usage_from(report: object) -> Usage | None:
+    if not isinstance(report, dict):
+        return None
+    prompt = report.get("prompt_tokens")
+    completion = report.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and min(prompt, completion) >= 0:
+        return Usage(prompt, completion)
     return None
 
 
-def usage_of_response(body: bytes) -> int | None:
-    """total_tokens of a non-streamed answer."""
+def usage_of_response(body: bytes) -> Usage | None:
+    """The usage of a non-streamed answer."""
     if _USAGE not in body:
         return None
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return total_tokens(doc.get("usage")) if isinstance(doc, dict) else None
+    return usage_from(doc.get("usage")) if isinstance(doc, dict) else None
 
 
 class UsageTap:
     """Watches a stream's events for vLLM's usage chunk; drops it if the client did not ask."""
 
-    __slots__ = ("_strip", "used")
+    __slots__ = ("_strip", "usage")
 
     def __init__(self, strip: bool) -> None:
         self._strip = strip
-        self.used: int | None = None
+        self.usage: Usage | None = None
 
     def feed(self, events: bytes) -> bytes:
-        if _USAGE not in events:
+        if _USAGE_OBJECT[0] not in events and _USAGE_OBJECT[1] not in events:
             return events
         kept = []
         for event in events.split(b"\n\n")[:-1]:
@@ -67,12 +90,12 @@ class UsageTap:
         return b"".join(kept)
 
     def _is_usage_chunk(self, event: bytes) -> bool:
-        """vLLM's final usage chunk: `choices` empty, `usage` set. Records its total."""
+        """vLLM's final usage chunk: `choices` empty, `usage` set. Records it."""
         try:
             doc = orjson.loads(event[6:])
         except orjson.JSONDecodeError:
             return False
         if not isinstance(doc, dict) or doc.get("choices") != [] or doc.get("usage") is None:
             return False
-        self.used = total_tokens(doc["usage"])
+        self.usage = usage_from(doc["usage"])
         return True

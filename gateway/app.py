@@ -15,6 +15,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from gateway.admission import Dispatcher, QueueSettings
 from gateway.api import openai, ops
 from gateway.errors import install_handlers
 from gateway.keys import KeyStore
@@ -24,6 +25,8 @@ from gateway.middleware import RequestContext
 from gateway.models_config import ConfigError, ModelsConfig, load_models_config
 from gateway.placement import placement_errors
 from gateway.ratelimit import Limiter, LocalBuckets, RedisBuckets
+from gateway.routing.ejections import Backoff, Ejections, LocalEjections, RedisEjections
+from gateway.routing.health import Health, HealthSettings
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
 from gateway.state import AppState
@@ -67,6 +70,17 @@ def _limiter(settings: Settings, metrics: Metrics) -> Limiter:
     )
 
 
+def _ejections(settings: Settings) -> Ejections:
+    backoff = Backoff(
+        settings.eject_base_seconds, settings.eject_max_seconds, settings.eject_reset_seconds
+    )
+    if not settings.redis_url:
+        return LocalEjections(backoff)
+    return RedisEjections(
+        settings.redis_url, settings.redis_timeout, backoff, settings.health_redis_prefix
+    )
+
+
 class GatewayApp(FastAPI):
     """FastAPI with RequestContext outermost, where it can dispatch the hot path directly."""
 
@@ -93,16 +107,33 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = Upstream(settings)
         limiter = _limiter(settings, metrics)
+        registry = Registry(models, settings.worker_url_template, settings.max_inflight_per_worker)
+        health_settings = HealthSettings(
+            settings.health_interval, settings.health_timeout, settings.eject_after_failures
+        )
+        dispatcher = Dispatcher(
+            registry,
+            QueueSettings(
+                settings.queue_depth, settings.queue_timeout, health_settings.stale_after
+            ),
+            metrics,
+        )
+        health = Health(
+            registry, upstream, _ejections(settings), health_settings, metrics, dispatcher.wake
+        )
         app.state.gateway = AppState(
             settings=settings,
             config=models,
-            registry=Registry(models, settings.worker_url_template),
+            registry=registry,
             upstream=upstream,
             metrics=metrics,
             keys=keys,
             limiter=limiter,
+            health=health,
+            dispatcher=dispatcher,
             models_body=models_payload(models),
         )
+        await health.start()  # what is known of the workers, before the first request
         # Startup objects live as long as the process: keep them out of the cyclic GC's scans
         # (bench: full collections paused the loop ~46 ms, about once a second under load).
         gc.collect()
@@ -115,6 +146,7 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
         finally:
             if watcher is not None:
                 watcher.cancel()
+            await health.aclose()
             await limiter.aclose()
             await upstream.aclose()
 

@@ -23,6 +23,8 @@ class GatewayError(Exception):
     log_level: int = logging.ERROR
     # True when another worker may be tried (nothing reached the worker, or it refused up front).
     retryable: bool = False
+    # Set on the worker's failures: counts against its health, labels gateway_upstream_errors.
+    worker_fault: str | None = None
 
     def __init__(
         self,
@@ -142,6 +144,7 @@ class UpstreamUnavailable(GatewayError):
     status = 502
     code = "upstream_unavailable"
     log_level = logging.WARNING
+    worker_fault = "unreachable"
     retryable = True
 
 
@@ -149,6 +152,7 @@ class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
     log_level = logging.WARNING
+    worker_fault = "timeout"
 
 
 class UpstreamFailed(GatewayError):
@@ -157,6 +161,7 @@ class UpstreamFailed(GatewayError):
     status = 502
     code = "upstream_error"
     log_level = logging.WARNING
+    worker_fault = "failed"
 
 
 class UpstreamOverloaded(GatewayError):
@@ -165,6 +170,7 @@ class UpstreamOverloaded(GatewayError):
     status = 503
     code = "upstream_overloaded"
     log_level = logging.WARNING
+    worker_fault = "overloaded"
     retryable = True
 
 
@@ -178,6 +184,23 @@ class UpstreamRejected(GatewayError):
     def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
         super().__init__(message, param=param)
         self.status = status
+
+
+class ServerOverloaded(GatewayError):
+    """Every worker of the model is saturated and the admission queue is full, or the request
+    waited in it too long. Said by the gateway itself: it never counts against a worker."""
+
+    status = 503
+    code = "server_overloaded"
+    log_level = logging.INFO
+
+
+class NoHealthyBackend(GatewayError):
+    """No worker of the model takes traffic: all are down or ejected."""
+
+    status = 503
+    code = "no_healthy_backend"
+    log_level = logging.WARNING
 
 
 class LimiterUnavailable(GatewayError):

@@ -7,16 +7,24 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from gateway.accounting import Usage
+    from gateway.relay import Timing
 
 # prometheus_client's multi-process mode: each process writes its samples to files in this
 # directory, and /metrics (in whichever process answers) sums them.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5)
+# The gateway's own share of a request: tens of microseconds to a few milliseconds.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
 class Metrics:
@@ -33,6 +41,101 @@ class Metrics:
             "Time from request arrival to the last byte of the answer.",
             ["model", "endpoint"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streams: time from request arrival to the first event sent to the client.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "gateway_inter_token_latency_seconds",
+            "Streams: mean gap between consecutive events of one response (one sample a stream).",
+            ["model"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway itself added: duration minus queue wait minus time waiting on the "
+            "worker (from sending the request to its last byte).",
+            ["model", "endpoint"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens",
+            "Prompt tokens of answered requests, as the worker reported them.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "gateway_completion_tokens",
+            "Completion tokens of answered requests, as the worker reported them.",
+            ["model"],
+            registry=self.registry,
+        )
+
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Requests waiting in the admission queue for a free worker.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time requests spent in the admission queue before a worker took them.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_rejections = Counter(
+            "gateway_queue_rejections",
+            "Requests answered 503 by admission: queue full, waited too long, no healthy worker.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.worker_inflight = Gauge(
+            "gateway_worker_inflight",
+            "Requests this gateway has in flight on each worker.",
+            ["model", "worker"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.worker_healthy = Gauge(
+            "gateway_worker_healthy",
+            "1 while a worker takes traffic; 0 while it is down, ejected or not yet probed.",
+            ["model", "worker"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.worker_saturation = Gauge(
+            "gateway_worker_saturation",
+            "Saturation from the worker's own metrics, max(waiting/5, kv_cache/0.8); 1 is full.",
+            ["model", "worker"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.worker_ejections = Counter(
+            "gateway_worker_ejections",
+            "Times a worker was taken out of rotation after consecutive failures.",
+            ["model", "worker"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failed exchanges with a worker, by kind: unreachable, timeout, overloaded (its own "
+            "503), failed (another 5xx, a broken protocol or a cut stream).",
+            ["model", "worker", "kind"],
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries",
+            "Requests sent again to another worker before any byte reached the client.",
+            ["model"],
             registry=self.registry,
         )
 
@@ -68,9 +171,25 @@ class Metrics:
             registry=self.registry,
         )
 
-    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, model: str, endpoint: str, status: int, seconds: float, timing: Timing | None
+    ) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
         self.duration.labels(model, endpoint).observe(seconds)
+        if timing is not None:
+            own = seconds - timing.queued - timing.upstream
+            self.overhead.labels(model, endpoint).observe(max(own, 0.0))
+
+    def observe_relay(self, model: str, timing: Timing, usage: Usage | None) -> None:
+        """A relayed request's stream timing and token usage."""
+        if timing.first_event is not None:
+            self.ttft.labels(model).observe(timing.first_event - timing.started)
+            if timing.events > 1:
+                gap = (timing.last_event - timing.first_event) / (timing.events - 1)
+                self.inter_token.labels(model).observe(gap)
+        if usage is not None:
+            self.prompt_tokens.labels(model).inc(usage.prompt)
+            self.completion_tokens.labels(model).inc(usage.completion)
 
     def render(self) -> tuple[bytes, str]:
         if MULTIPROC_ENV not in os.environ:

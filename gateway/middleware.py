@@ -51,6 +51,7 @@ class RequestContext:
         request_id = request_id_from(scope["headers"])
         state = scope.setdefault("state", {})
         state["request_id"] = request_id.decode()
+        state["started"] = started
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -76,9 +77,11 @@ class RequestContext:
                 scope, receive, send_with_id
             )
         finally:
+            relay = state.get("relay")
             self.metrics.observe_request(
                 state.get("model", "-"),
                 path if path in _KNOWN_ENDPOINTS else "other",
                 499 if state.get("client_gone") else status or 500,
                 time.perf_counter() - started,
+                relay.timing if relay is not None else None,
             )

@@ -63,6 +63,9 @@ class ModelConfig(BaseModel):
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
     vllm_args: list[str] = Field(default_factory=list)
+    # Gateway side: requests one gateway process keeps in flight on each worker of this model
+    # before it queues the rest (default GATEWAY_MAX_INFLIGHT_PER_WORKER).
+    max_inflight_per_worker: Annotated[int, Field(ge=1)] | None = None
     workers: Annotated[list[WorkerConfig], Field(min_length=1)]
 
 

@@ -51,6 +51,37 @@ class Settings(BaseSettings):
     # (completions default to 16, as in vLLM); reconciled with the real usage afterwards.
     default_reserved_completion_tokens: Annotated[int, Field(ge=1)] = 1024
 
+    # Worker health. Active: GET /health and /metrics every `health_interval` seconds (0 = off).
+    # Passive: `eject_after_failures` failed exchanges in a row (0 = never) eject a worker for
+    # `eject_base_seconds`, doubling on each ejection in a row up to `eject_max_seconds`; the
+    # count is forgotten after `eject_reset_seconds` without one.
+    health_interval: Annotated[float, Field(ge=0)] = 1.0
+    health_timeout: Seconds = 1.0
+    eject_after_failures: Annotated[int, Field(ge=0)] = 3
+    eject_base_seconds: Seconds = 2.0
+    eject_max_seconds: Seconds = 60.0
+    eject_reset_seconds: Seconds = 120.0
+    # Redis keys of the shared worker health start with this (one prefix per deployment).
+    health_redis_prefix: str = "gateway:worker:"
+
+    # Admission: a gateway process keeps at most this many requests in flight on one worker
+    # (models.yaml may set its own per model); beyond it, or when the worker reports itself
+    # saturated, requests wait in a per-model queue of `queue_depth` for `queue_timeout` seconds.
+    max_inflight_per_worker: Annotated[int, Field(ge=1)] = 256
+    queue_depth: Annotated[int, Field(ge=0)] = 512
+    queue_timeout: Seconds = 30.0
+    # Requests with the same x-session-id header (or body `user`) go to the same worker.
+    session_affinity: bool = True
+    # Steer prompts by size (body bytes) to workers by bucket: boundaries between buckets.
+    # Off by default: it did not pay in the measurement (see the README).
+    length_steering: bool = False
+    length_buckets_bytes: list[Annotated[int, Field(gt=0)]] = [2048]
+
+    # Retries, before any byte reached the client only: a worker unreachable or answering 503
+    # is retried on another worker, at most `retry_attempts` attempts within `retry_budget`.
+    retry_attempts: Annotated[int, Field(ge=1)] = 3
+    retry_budget: Seconds = 10.0
+
     max_body_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
     # One per open stream (HTTP/1.1): beyond it requests wait for a free connection.
     max_upstream_connections: Annotated[int, Field(gt=0)] = 16384

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.admission import Dispatcher
 from gateway.keys import KeyStore
 from gateway.metrics import Metrics
 from gateway.models_config import ModelsConfig
 from gateway.ratelimit import Limiter
+from gateway.routing.health import Health
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -22,4 +24,6 @@ class AppState:
     metrics: Metrics
     keys: KeyStore | None  # None: auth switched off
     limiter: Limiter
+    health: Health
+    dispatcher: Dispatcher
     models_body: bytes  # GET /v1/models, rendered once

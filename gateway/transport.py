@@ -41,7 +41,10 @@ class _AiohttpStream(httpx.AsyncByteStream):
             self._response.close()
 
 
-def chunk_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+ChunkReader = Callable[[], Awaitable[bytes]]
+
+
+def chunk_reader(response: httpx.Response) -> ChunkReader:
     """A function returning the body's next piece as it arrives (b"" at the end).
 
     For this transport's responses it reads aiohttp's buffer directly: a relayed stream pays

@@ -1,13 +1,24 @@
-"""The one pooled httpx.AsyncClient towards the workers: timeouts, header hygiene, error mapping.
+"""The one pooled httpx.AsyncClient towards the workers: timeouts, header hygiene, error mapping,
+and retries.
 
-httpx errors are translated into the GatewayError tree here and nowhere else.
+httpx errors are translated into the GatewayError tree here and nowhere else. Retries happen
+here and nowhere else: only while nothing has reached the client, only on another worker.
 """
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Callable
 
-from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from gateway.errors import (
+    GatewayError,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    upstream_error_from_body,
+)
 from gateway.routing.registry import Worker
 from gateway.settings import Settings
 from gateway.transport import AiohttpTransport
@@ -26,6 +37,8 @@ class Upstream:
             transport=self._transport, follow_redirects=False, trust_env=False
         )
         self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._attempts = settings.retry_attempts
+        self._retry_budget = settings.retry_budget
 
     def _url(self, worker: Worker, path: str) -> httpx.URL:
         key = (worker.url, path)
@@ -51,20 +64,73 @@ class Upstream:
             ],
         )
         try:
-            return await self._transport.handle_async_request(request)
+            response = await self._transport.handle_async_request(request)
         except httpx.HTTPError as exc:
             raise translate(exc, worker) from None
+        if response.status_code == 503:  # the worker turned it away: another may take it
+            try:
+                body = await response.aread()
+            except httpx.HTTPError as exc:
+                raise translate(exc, worker) from None
+            finally:
+                await response.aclose()
+            raise upstream_error_from_body(503, body)
+        return response
+
+    async def open_retrying(
+        self,
+        worker: Worker,
+        switch: Callable[[Worker, GatewayError], Worker | None],
+        path: str,
+        body: bytes,
+        request_id: str,
+    ) -> httpx.Response:
+        """open(), and when the worker is unreachable or answers 503, again on the worker that
+        `switch(failed worker, error)` gives (None: no other), within the attempts and the time
+        budget. The happy path costs nothing more than open()."""
+        try:
+            return await self.open(worker, path, body, request_id)
+        except GatewayError as exc:
+            if not exc.retryable or self._attempts < 2:
+                raise
+            failure = exc
+        current = worker
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts - 1) | stop_after_delay(self._retry_budget),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                replacement = switch(current, failure)
+                if replacement is None:
+                    break
+                current = replacement
+                try:
+                    return await self.open(current, path, body, request_id)
+                except GatewayError as exc:
+                    failure = exc
+                    raise
+        raise failure
 
     async def probe(self, url: str, seconds: float) -> bool:
         """True when GET `url` answers 200 within `seconds` (health checks; never a completion)."""
+        return await self.fetch(url, seconds) is not None
+
+    async def fetch(self, url: str, seconds: float) -> bytes | None:
+        """The body of GET `url` when it answers 200 within `seconds`, else None."""
         try:
             response = await self._client.get(url, timeout=seconds)
         except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            return None
+        return response.content if response.status_code == 200 else None
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and exc.retryable
 
 
 def translate(exc: httpx.HTTPError, worker: Worker) -> GatewayError:

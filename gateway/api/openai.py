@@ -13,13 +13,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.accounting import UsageTap, body_asking_usage, reserve_tokens
+from gateway.admission import ModelQueue
 from gateway.api.deps import State
 from gateway.auth import authenticate
 from gateway.errors import GatewayError, ModelNotFound, PayloadTooLarge
 from gateway.keys import Principal
 from gateway.ratelimit import Admission
 from gateway.relay import Outbound, Relay
-from gateway.routing.registry import ModelRoute
+from gateway.routing.policy import Preference
+from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.validation import Endpoint, RequestView, parse_request
 
@@ -50,25 +52,56 @@ class CompletionRoute:
             request_state["key"] = principal.name
             body = await read_body(scope, receive, state.settings.max_body_bytes)
             view = parse_request(self.endpoint, body)
-            route = _route_for(state, principal, view.model)
+            queue = _queue_for(state, principal, view.model)
             admission = await _admit(state, principal, view)
         except GatewayError as exc:
             await exc.to_response()(scope, receive, send)
             return
-        request_state["model"] = route.name  # a configured name: a bounded metrics label
-        relay = Relay(state, view, route, request_state["request_id"], _outbound(view, admission))
+        request_state["model"] = view.model  # a configured name: a bounded metrics label
+        relay = Relay(
+            state,
+            view,
+            queue,
+            request_state["request_id"],
+            _outbound(view, admission),
+            key=principal.name,
+            prefer=_preference(state.settings, scope, view),
+            started=request_state["started"],
+        )
         try:
             await relay(scope, receive, send)
         finally:
+            request_state["relay"] = relay
+            state.metrics.observe_relay(view.model, relay.timing, relay.usage)
             if admission is not None:
-                await state.limiter.settle(admission, relay.used_tokens)
+                await state.limiter.settle(admission, relay.usage.total if relay.usage else None)
 
 
-def _route_for(state: AppState, principal: Principal, model: str) -> ModelRoute:
-    route = state.registry.route(model)
-    if route is None or not principal.may_use(model):
+def _queue_for(state: AppState, principal: Principal, model: str) -> ModelQueue:
+    if state.registry.route(model) is None or not principal.may_use(model):
         raise ModelNotFound(model)
-    return route
+    return state.dispatcher.queue(model)
+
+
+def _preference(settings: Settings, scope: Scope, view: RequestView) -> Preference | None:
+    """Session affinity (x-session-id, else the body's `user`) and prompt-size steering."""
+    session = None
+    if settings.session_affinity:
+        for name, value in scope["headers"]:
+            if name == b"x-session-id":
+                session = value.decode("latin-1")
+                break
+        else:
+            user = view.doc.get("user")
+            session = user if isinstance(user, str) and user else None
+    bucket = None
+    boundaries = settings.length_buckets_bytes
+    if settings.length_steering:
+        size = len(view.body)
+        bucket = sum(1 for boundary in boundaries if size >= boundary)
+    if session is None and bucket is None:
+        return None
+    return Preference(session=session, length_bucket=bucket, buckets=len(boundaries) + 1)
 
 
 async def _admit(state: AppState, principal: Principal, view: RequestView) -> Admission | None:
@@ -79,14 +112,10 @@ async def _admit(state: AppState, principal: Principal, view: RequestView) -> Ad
 
 
 def _outbound(view: RequestView, admission: Admission | None) -> Outbound:
-    if admission is None:
-        return Outbound(view.body)
-    if admission.principal.tpm is None:
-        return Outbound(view.body, admission.headers)
-    if view.stream:  # ask vLLM for the usage chunk; strip it if the client did not ask
-        tap = UsageTap(strip=not view.include_usage)
-        return Outbound(body_asking_usage(view), admission.headers, tap=tap)
-    return Outbound(view.body, admission.headers, count_usage=True)
+    headers = admission.headers if admission is not None else []
+    if view.stream:  # ask vLLM for the usage chunk (token counters); strip it if not asked
+        return Outbound(body_asking_usage(view), headers, UsageTap(strip=not view.include_usage))
+    return Outbound(view.body, headers)
 
 
 def completion_routes() -> dict[str, CompletionRoute]:

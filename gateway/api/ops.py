@@ -1,4 +1,5 @@
-"""Operations endpoints: /health (liveness), /ready (every model has a worker), /metrics."""
+"""Operations endpoints: /health (liveness), /ready (every model has a worker taking traffic,
+and what the gateway knows of each worker), /metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway.api.deps import State
+from gateway.routing.registry import Worker
+from gateway.state import AppState
 
 router = APIRouter()
 
@@ -21,19 +24,48 @@ async def health() -> Response:
 @router.get("/ready", response_model=None)
 async def ready(state: State) -> Response:
     routes = state.registry.routes()
-    timeout = state.settings.ready_probe_timeout
-    checks = [
-        [state.upstream.probe(worker.url + "/health", timeout) for worker in route.workers]
-        for route in routes
-    ]
-    answers = await asyncio.gather(*(asyncio.gather(*probes) for probes in checks))
+    now = asyncio.get_running_loop().time()
+    if state.settings.health_interval:  # the health monitor's view, never older than a round
+        taking = [[w.takes_traffic(now) for w in route.workers] for route in routes]
+    else:  # no active probing: ask each worker now
+        timeout = state.settings.ready_probe_timeout
+        taking = await asyncio.gather(
+            *(
+                asyncio.gather(*(_probe_now(state, w, now, timeout) for w in route.workers))
+                for route in routes
+            )
+        )
     models = {
         route.name: [w.name for w, ok in zip(route.workers, oks, strict=True) if ok]
-        for route, oks in zip(routes, answers, strict=True)
+        for route, oks in zip(routes, taking, strict=True)
     }
     is_ready = all(models.values())
-    body = orjson.dumps({"status": "ready" if is_ready else "not_ready", "models": models})
+    stale_after = state.health.settings.stale_after
+    workers = {
+        f"{w.model}/{w.name}": {
+            "up": w.up,
+            "ejected_for": round(max(w.ejected_until - now, 0.0), 3),
+            "inflight": w.inflight,
+            "saturation": w.known_saturation(now, stale_after),
+        }
+        for w in state.registry.workers()
+    }
+    queues = {route.name: state.dispatcher.queue(route.name).size for route in routes}
+    body = orjson.dumps(
+        {
+            "status": "ready" if is_ready else "not_ready",
+            "models": models,
+            "workers": workers,
+            "queued": queues,
+        }
+    )
     return Response(body, 200 if is_ready else 503, media_type="application/json")
+
+
+async def _probe_now(state: AppState, worker: Worker, now: float, seconds: float) -> bool:
+    return now >= worker.ejected_until and await state.upstream.probe(
+        worker.url + "/health", seconds
+    )
 
 
 @router.get("/metrics", response_model=None)

@@ -1,4 +1,8 @@
-"""Model name -> the workers that serve it, built once from configs/models.yaml."""
+"""Model name -> the workers that serve it, built once from configs/models.yaml.
+
+A Worker also carries what the gateway knows of its health and load; routing/health.py keeps
+that up to date and routing/policy.py reads it.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,36 @@ from gateway.models_config import ModelsConfig, WorkerConfig
 
 @dataclass(eq=False, slots=True)
 class Worker:
-    """One vLLM OpenAI server as the gateway sees it. `inflight` is the gateway's own count."""
+    """One vLLM OpenAI server as the gateway sees it."""
 
     name: str
     model: str
     url: str
-    inflight: int = 0
+    inflight: int = 0  # the gateway's own count: never stale
+    # Active health: the last probe of /health answered 200. With probing off it stays True.
+    up: bool = True
+    # Passive health: consecutive failed exchanges, and until when (loop clock) it is ejected.
+    failures: int = 0
+    ejected_until: float = 0.0
+    # From the worker's /metrics: saturation max(waiting/5, kv/0.8) and when it was scraped.
+    saturation: float = 0.0
+    scraped_at: float | None = None
+
+    def takes_traffic(self, now: float) -> bool:
+        return self.up and now >= self.ejected_until
+
+    def known_saturation(self, now: float, stale_after: float) -> float | None:
+        """The scraped saturation, or None when there is none or it is too old to trust."""
+        if self.scraped_at is None or now - self.scraped_at > stale_after:
+            return None
+        return self.saturation
 
 
 @dataclass(slots=True)
 class ModelRoute:
     name: str
     workers: tuple[Worker, ...]
+    max_inflight_per_worker: int
     # Rotates ties between equally loaded workers so load spreads even at low concurrency.
     turn: int = field(default=0)
 
@@ -32,7 +54,7 @@ def worker_url(worker: WorkerConfig, template: str) -> str:
 
 
 class Registry:
-    def __init__(self, config: ModelsConfig, url_template: str) -> None:
+    def __init__(self, config: ModelsConfig, url_template: str, max_inflight: int) -> None:
         self._routes: dict[str, ModelRoute] = {
             model.name: ModelRoute(
                 name=model.name,
@@ -40,6 +62,7 @@ class Registry:
                     Worker(name=w.name, model=model.name, url=worker_url(w, url_template))
                     for w in model.workers
                 ),
+                max_inflight_per_worker=model.max_inflight_per_worker or max_inflight,
             )
             for model in config.models
         }
@@ -49,3 +72,6 @@ class Registry:
 
     def routes(self) -> list[ModelRoute]:
         return list(self._routes.values())
+
+    def workers(self) -> list[Worker]:
+        return [worker for route in self._routes.values() for worker in route.workers]

@@ -14,6 +14,9 @@ import pytest
 from tests.procs import free_port, start_fake, start_gateway
 
 
+NO_HEALTH = {"GATEWAY_HEALTH_INTERVAL": "0", "GATEWAY_EJECT_AFTER_FAILURES": "0"}
+
+
 @dataclass
 class FakeStack:
     gateway: str
@@ -62,7 +65,10 @@ def blackhole() -> tuple[list[socket.socket], int]:
 
 @pytest.fixture(scope="session")
 def fake_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FakeStack]]:
-    """Two gateways on one fake worker: `strict` has short timeouts, `patient` long ones."""
+    """Two gateways on one fake worker: `strict` has short timeouts, `patient` long ones.
+
+    Worker health is off in both (no probes, no ejection): their tests drive dead and hanging
+    workers on purpose and want each request's own error, not `no_healthy_backend`."""
     tmp = tmp_path_factory.mktemp("fake-stack")
     with contextlib.ExitStack() as started:  # whatever started is stopped, even if a start fails
         fake, fake_url = start_fake(tmp, "fake-a")
@@ -79,10 +85,11 @@ def fake_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 "GATEWAY_TOTAL_TIMEOUT": "3",
                 "GATEWAY_CONNECT_TIMEOUT": "0.5",
                 "GATEWAY_MAX_BODY_BYTES": "100000",
+                **NO_HEALTH,
             },
         )
         started.callback(strict.stop)
-        patient, patient_url = start_gateway(tmp, _models(fake_url, hole_port))
+        patient, patient_url = start_gateway(tmp, _models(fake_url, hole_port), NO_HEALTH)
         started.callback(patient.stop)
         yield {
             "strict": FakeStack(strict_url, fake_url, strict.log),

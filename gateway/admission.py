@@ -1,0 +1,225 @@
+"""Admission: take a worker for a request now, or wait for one in a bounded per-model queue.
+
+When every worker that takes traffic is saturated, requests wait, fair across keys: released
+round-robin by key, and when the queue is full a newcomer pushes out the newest waiter of the
+key holding the most places (so one key cannot fill it) or, failing that, is refused. Full →
+503 at once with a Retry-After from the recent drain rate; waited too long → 503; a client that
+leaves is removed at once. No worker taking traffic at all → 503 `no_healthy_backend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.errors import NoHealthyBackend, ServerOverloaded
+from gateway.metrics import Metrics
+from gateway.routing.policy import NoWorker, Preference, choose
+from gateway.routing.registry import ModelRoute, Registry, Worker
+
+_DRAIN_WINDOW = 64  # releases from the queue remembered to estimate its drain rate
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    depth: int  # waiting requests per model (per gateway process); 0 = refuse at once
+    timeout: float  # seconds a request may wait
+    stale_after: float  # scraped worker load older than this is unknown
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    key: str
+    prefer: Preference | None
+    future: asyncio.Future[Worker]
+    since: float = field(default=0.0)
+
+
+class ModelQueue:
+    def __init__(self, route: ModelRoute, settings: QueueSettings, metrics: Metrics) -> None:
+        self.route = route
+        self._settings = settings
+        self._by_key: dict[str, deque[Waiter]] = {}  # insertion order is the round-robin order
+        self.size = 0
+        self._released: deque[float] = deque(maxlen=_DRAIN_WINDOW)
+        self._loop = asyncio.get_running_loop()
+        self._depth_gauge = metrics.queue_depth.labels(route.name)
+        self._wait_histogram = metrics.queue_wait.labels(route.name)
+        self._rejections = metrics.queue_rejections
+        self._depth_gauge.set(0)
+
+    async def acquire(self, key: str, prefer: Preference | None) -> Worker:
+        """A worker with a slot taken for this request (give it back with release())."""
+        now = self._loop.time()
+        try:
+            worker = choose(self.route, now, self._settings.stale_after, prefer=prefer)
+        except NoWorker:
+            raise self._no_backend(now) from None
+        if worker is not None and not self.size:  # nobody is waiting ahead of this request
+            worker.inflight += 1
+            return worker
+        return await self._wait(Waiter(key, prefer, self._loop.create_future(), now))
+
+    def take_another(self, exclude: frozenset[Worker]) -> Worker | None:
+        """For a retry: the least-loaded other worker taking traffic, even if saturated."""
+        try:
+            worker = choose(
+                self.route,
+                self._loop.time(),
+                self._settings.stale_after,
+                exclude=exclude,
+                allow_saturated=True,
+            )
+        except NoWorker:
+            return None
+        if worker is not None:
+            worker.inflight += 1
+        return worker
+
+    def release(self, worker: Worker) -> None:
+        worker.inflight -= 1
+        if self.size:
+            self.pump()
+
+    def pump(self) -> None:
+        """Hand free workers to waiters, in fair order, while both last."""
+        while self.size:
+            now = self._loop.time()
+            waiter = self._peek()
+            try:
+                worker = choose(self.route, now, self._settings.stale_after, prefer=waiter.prefer)
+            except NoWorker:
+                self._fail_all(self._no_backend(now))
+                return
+            if worker is None:
+                return
+            self._pop_next()
+            worker.inflight += 1
+            waiter.future.set_result(worker)
+            self._released.append(now)
+            self._wait_histogram.observe(now - waiter.since)
+
+    # --- the queue ---------------------------------------------------------------------------
+
+    async def _wait(self, waiter: Waiter) -> Worker:
+        self._push(waiter)
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                return await waiter.future
+        except BaseException as exc:
+            self._abandon(waiter)
+            if not isinstance(exc, TimeoutError):
+                raise  # pushed out, no backend left, or the client went away
+        self._rejections.labels(self.route.name, "timeout").inc()
+        raise ServerOverloaded(
+            f"The model `{self.route.name}` is at capacity: the request waited "
+            f"{self._settings.timeout:g}s in the queue.",
+            headers={"retry-after": str(self._retry_after())},
+        )
+
+    def _abandon(self, waiter: Waiter) -> None:
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # It was given a worker just as it timed out or its client left: give it back.
+            self.release(future.result())
+            return
+        if not future.done():
+            future.cancel()
+        self._remove(waiter)
+
+    def _push(self, waiter: Waiter) -> None:
+        if self.size >= self._settings.depth:
+            self._make_room(waiter.key)
+        self._by_key.setdefault(waiter.key, deque()).append(waiter)
+        self.size += 1
+        self._depth_gauge.set(self.size)
+
+    def _make_room(self, key: str) -> None:
+        mine = len(self._by_key.get(key, ()))
+        biggest = max(self._by_key, key=lambda k: len(self._by_key[k]), default=None)
+        if biggest is None or len(self._by_key[biggest]) <= mine + 1:
+            self._rejections.labels(self.route.name, "full").inc()
+            raise self._full()
+        victim = self._by_key[biggest].pop()  # the newest waiter of the key holding the most
+        self._forget_key_if_empty(biggest)
+        self.size -= 1
+        self._rejections.labels(self.route.name, "full").inc()
+        victim.future.set_exception(self._full())
+
+    def _full(self) -> ServerOverloaded:
+        return ServerOverloaded(
+            f"The model `{self.route.name}` is at capacity and its queue is full; retry later.",
+            headers={"retry-after": str(self._retry_after())},
+        )
+
+    def _peek(self) -> Waiter:
+        return self._by_key[next(iter(self._by_key))][0]
+
+    def _pop_next(self) -> Waiter:
+        key = next(iter(self._by_key))
+        waiters = self._by_key.pop(key)
+        waiter = waiters.popleft()
+        if waiters:
+            self._by_key[key] = waiters  # to the back of the round
+        self.size -= 1
+        self._depth_gauge.set(self.size)
+        return waiter
+
+    def _remove(self, waiter: Waiter) -> None:
+        waiters = self._by_key.get(waiter.key)
+        if waiters is None or waiter not in waiters:
+            return
+        waiters.remove(waiter)
+        self._forget_key_if_empty(waiter.key)
+        self.size -= 1
+        self._depth_gauge.set(self.size)
+
+    def _forget_key_if_empty(self, key: str) -> None:
+        if not self._by_key[key]:
+            del self._by_key[key]
+
+    def _fail_all(self, error: NoHealthyBackend) -> None:
+        for waiters in self._by_key.values():
+            for waiter in waiters:
+                waiter.future.set_exception(error)
+        self._by_key.clear()
+        self.size = 0
+        self._depth_gauge.set(0)
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has drained at the recent rate (1..60)."""
+        released = self._released
+        if len(released) < 2:
+            return 1
+        span = released[-1] - released[0]
+        rate = (len(released) - 1) / span if span > 0 else math.inf
+        return min(max(math.ceil((self.size + 1) / rate), 1), 60)
+
+    def _no_backend(self, now: float) -> NoHealthyBackend:
+        self._rejections.labels(self.route.name, "no_healthy_backend").inc()
+        soonest = min((w.ejected_until for w in self.route.workers), default=now)
+        seconds = max(math.ceil(soonest - now), 1)
+        return NoHealthyBackend(
+            f"No worker of model `{self.route.name}` is healthy right now; retry later.",
+            headers={"retry-after": str(seconds)},
+        )
+
+
+class Dispatcher:
+    """One ModelQueue per configured model."""
+
+    def __init__(self, registry: Registry, settings: QueueSettings, metrics: Metrics) -> None:
+        self._queues = {
+            route.name: ModelQueue(route, settings, metrics) for route in registry.routes()
+        }
+
+    def queue(self, model: str) -> ModelQueue:
+        return self._queues[model]
+
+    def wake(self, route: ModelRoute) -> None:
+        """Worker health or load changed: waiters may go now."""
+        queue = self._queues[route.name]
+        if queue.size:
+            queue.pump()

@@ -1,0 +1,193 @@
+"""Worker health: active probes of /health and /metrics on an interval (never a completion),
+and passive ejection after consecutive failed exchanges.
+
+Active: a worker whose /health does not answer 200 takes no traffic until it does. Its /metrics
+give the saturation the policy reads, max(waiting / 5, kv_cache_usage / 0.8), timestamped so
+stale numbers count as unknown. Passive: K failures in a row (unreachable, timeout, 5xx, broken
+stream) eject the worker for a backoff that doubles on repeat (ejections.py shares it through
+Redis); when the window ends it needs a good probe before it takes traffic again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+
+from gateway.metrics import Metrics
+from gateway.routing.ejections import Ejections
+from gateway.routing.registry import ModelRoute, Registry, Worker
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway.health")
+
+WAITING_FULL = 5.0  # requests waiting in vLLM's own queue that count as saturated
+KV_FULL = 0.8  # KV-cache usage that counts as saturated
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    interval: float  # seconds between probes; 0 = no active probing
+    timeout: float
+    eject_after: int  # consecutive failures; 0 = never eject
+
+    @property
+    def stale_after(self) -> float:
+        """Scraped load older than this is unknown (a few missed probes)."""
+        return 3 * self.interval + self.timeout if self.interval else math.inf
+
+
+def worker_id(worker: Worker) -> str:
+    return f"{worker.model}/{worker.name}"
+
+
+def saturation_from_metrics(text: str) -> float | None:
+    """max(waiting/5, kv/0.8) from vLLM's Prometheus text, or None if neither is there."""
+    waiting = kv = None
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        if line.startswith(("vllm:num_requests_waiting{", "vllm:num_requests_waiting ")):
+            waiting = (waiting or 0.0) + _value(line)
+        elif line.startswith(("vllm:kv_cache_usage_perc{", "vllm:kv_cache_usage_perc ")):
+            kv = max(kv or 0.0, _value(line))
+    if waiting is None and kv is None:
+        return None
+    return max((waiting or 0.0) / WAITING_FULL, (kv or 0.0) / KV_FULL)
+
+
+def _value(line: str) -> float:
+    try:
+        return float(line.rsplit(" ", 1)[1])
+    except (IndexError, ValueError):
+        return 0.0
+
+
+class Health:
+    """Keeps every Worker's `up`, `ejected_until` and `saturation` current."""
+
+    def __init__(  # noqa: PLR0917 (each part is distinct and named at the one call site)
+        self,
+        registry: Registry,
+        upstream: Upstream,
+        ejections: Ejections,
+        settings: HealthSettings,
+        metrics: Metrics,
+        on_change: Callable[[ModelRoute], None],
+    ) -> None:
+        self._registry = registry
+        self._upstream = upstream
+        self._ejections = ejections
+        self.settings = settings
+        self._metrics = metrics
+        self._on_change = on_change  # wakes the model's admission queue
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        for worker in registry.workers():
+            worker.up = not settings.interval  # probed workers start unknown: down until seen
+            self._show(worker)
+
+    # --- passive -----------------------------------------------------------------------------
+
+    def succeeded(self, worker: Worker) -> None:
+        worker.failures = 0
+
+    def failed(self, worker: Worker, kind: str) -> None:
+        """An exchange with `worker` failed; `kind` labels gateway_upstream_errors_total."""
+        self._metrics.upstream_errors.labels(worker.model, worker.name, kind).inc()
+        worker.failures += 1
+        limit = self.settings.eject_after
+        if limit and worker.failures >= limit and worker.takes_traffic(self._loop.time()):
+            self._spawn(self._eject(worker))
+
+    async def _eject(self, worker: Worker) -> None:
+        worker.failures = 0
+        # Out of rotation at once; the shared record then sets how long.
+        worker.ejected_until = self._loop.time() + 1.0
+        if self.settings.interval:
+            worker.up = False  # back only after the window and a good probe
+        seconds = await self._ejections.eject(worker_id(worker))
+        worker.ejected_until = self._loop.time() + seconds
+        self._metrics.worker_ejections.labels(worker.model, worker.name).inc()
+        log.warning(
+            "worker %s (%s) ejected for %.1fs after consecutive failures",
+            worker.name,
+            worker.model,
+            seconds,
+        )
+        self._show(worker)
+
+    # --- active ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """One round before serving, so the first requests see what is known."""
+        await self._round()
+        self._spawn(self._run())
+
+    async def _run(self) -> None:
+        # Without probing, still read the shared ejections every second.
+        while True:
+            await asyncio.sleep(self.settings.interval or 1.0)
+            try:
+                await self._round()
+            except Exception:
+                log.exception("worker health round failed; trying again next round")
+
+    async def _round(self) -> None:
+        workers = self._registry.workers()
+        remaining = await self._ejections.remaining([worker_id(w) for w in workers])
+        now = self._loop.time()
+        for worker, seconds in zip(workers, remaining, strict=True):
+            if seconds > 0 and now + seconds > worker.ejected_until:
+                worker.ejected_until = now + seconds  # another replica ejected it
+                if self.settings.interval:
+                    worker.up = False
+        if self.settings.interval:
+            await asyncio.gather(*(self._probe(w) for w in workers))
+        for worker in workers:
+            self._show(worker)
+        for route in self._registry.routes():
+            self._on_change(route)
+
+    async def _probe(self, worker: Worker) -> None:
+        timeout = self.settings.timeout
+        health, metrics = await asyncio.gather(
+            self._upstream.fetch(worker.url + "/health", timeout),
+            self._upstream.fetch(worker.url + "/metrics", timeout),
+        )
+        now = self._loop.time()
+        if metrics is not None:
+            saturation = saturation_from_metrics(metrics.decode(errors="replace"))
+            if saturation is not None:
+                worker.saturation, worker.scraped_at = saturation, now
+        ok = health is not None
+        if ok and not worker.up and now >= worker.ejected_until:
+            worker.up = True
+            log.warning("worker %s (%s) is up", worker.name, worker.model)
+        elif not ok and worker.up:
+            worker.up = False
+            log.warning("worker %s (%s) failed its health probe", worker.name, worker.model)
+
+    def _show(self, worker: Worker) -> None:
+        labels = (worker.model, worker.name)
+        now = self._loop.time()
+        self._metrics.worker_healthy.labels(*labels).set(1 if worker.takes_traffic(now) else 0)
+        self._metrics.worker_inflight.labels(*labels).set(worker.inflight)
+        saturation = worker.known_saturation(now, self.settings.stale_after)
+        self._metrics.worker_saturation.labels(*labels).set(saturation or 0.0)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._ejections.aclose()
