@@ -35,9 +35,13 @@ $(VLLM_VENV)/.installed:
 run: venv vllm-venv
 	$(PY) -m workers run --config $(CONFIG)
 
-# wrk (Debian) drives the non-streaming load of the benchmark and of its smoke test.
+# wrk (Debian) drives the non-streaming load of the benchmark and of its smoke test; Debian's
+# prometheus package gives the suite promtool (alert rule checks and unit tests) and the real
+# Prometheus server of the live monitoring test.
 tools:
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends prometheus)
 
 test: venv vllm-venv tools
 	$(PY) -m pytest -q

@@ -145,7 +145,7 @@ def support_services(versions: ImageVersions) -> dict[str, dict[str, Any]]:
         },
         "prometheus": {
             "image": versions.prometheus,
-            # The directory, so the rendered prometheus.yml and rules/ are re-read on reload.
+            # The directory, so the rendered prometheus.yml and alerts.yml are re-read on reload.
             "volumes": ["./deploy/prometheus:/etc/prometheus:ro", "prometheus-data:/prometheus"],
             "ports": ["127.0.0.1:9090:9090"],
             "restart": "unless-stopped",

@@ -41,6 +41,7 @@ def _render(args: argparse.Namespace) -> int:
             print(f"{path} differs from a fresh render; run: {RERENDER}", file=sys.stderr)
         return 1 if stale else 0
     for relative, text in render_all(deployment).items():
+        (args.root / relative).parent.mkdir(parents=True, exist_ok=True)
         (args.root / relative).write_text(text, encoding="utf-8")
         print(f"wrote {relative}")
     return 0

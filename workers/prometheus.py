@@ -1,21 +1,38 @@
 """Build deploy/prometheus/prometheus.yml from configs/models.yaml: scrape the gateway, every
-worker's /metrics (launched and attached) and the DCGM exporter (GPU memory). Pure: plain dicts.
+worker's /metrics (launched and attached) and the DCGM exporter (GPU memory), and load the alert
+rules (deploy/prometheus/alerts.yml). Pure: plain dicts.
+
+The same function builds the live monitoring test's configuration, with `Scrape` pointing it at
+processes on this machine instead of the compose services.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.models_config import ModelConfig, ModelsConfig, WorkerConfig
 from workers.compose import DCGM_EXPORTER_PORT, GATEWAY_PORT
 
-SCRAPE_INTERVAL = "15s"
-# Alert and recording rules live beside the rendered file (deploy/prometheus/rules/).
-RULE_FILES = "/etc/prometheus/rules/*.yml"
+# Relative paths are resolved from the config file's directory: deploy/prometheus here, and
+# /etc/prometheus in compose, which mounts that directory there.
+ALERTS = "alerts.yml"
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Where Prometheus finds what it scrapes and the rules it loads; compose by default."""
+
+    gateway: str = f"gateway:{GATEWAY_PORT}"
+    dcgm: str = f"dcgm-exporter:{DCGM_EXPORTER_PORT}"
+    rule_files: tuple[str, ...] = (ALERTS,)
+    interval: str = "15s"
 
 
 def _worker_target(model: ModelConfig, worker: WorkerConfig) -> dict[str, Any]:
+    # The same `model` and `worker` labels as the gateway's own series, so the dashboard can put
+    # a worker's vLLM and gateway views side by side.
     labels = {"model": model.name, "worker": worker.name}
     if worker.url is None:
         # In compose a launched worker is the host named after it.
@@ -31,17 +48,14 @@ def _worker_target(model: ModelConfig, worker: WorkerConfig) -> dict[str, Any]:
     return {"targets": [target], "labels": labels}
 
 
-def prometheus_document(config: ModelsConfig) -> dict[str, Any]:
+def prometheus_document(config: ModelsConfig, scrape: Scrape = Scrape()) -> dict[str, Any]:
     workers = [_worker_target(m, w) for m in config.models for w in m.workers]
     return {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [RULE_FILES],
+        "global": {"scrape_interval": scrape.interval, "evaluation_interval": scrape.interval},
+        "rule_files": list(scrape.rule_files),
         "scrape_configs": [
-            {"job_name": "gateway", "static_configs": [{"targets": [f"gateway:{GATEWAY_PORT}"]}]},
+            {"job_name": "gateway", "static_configs": [{"targets": [scrape.gateway]}]},
             {"job_name": "vllm", "static_configs": workers},
-            {
-                "job_name": "dcgm",
-                "static_configs": [{"targets": [f"dcgm-exporter:{DCGM_EXPORTER_PORT}"]}],
-            },
+            {"job_name": "dcgm", "static_configs": [{"targets": [scrape.dcgm]}]},
         ],
     }

@@ -1,4 +1,6 @@
-"""Render the checked-in deployment files from configs/models.yaml and deploy/versions.yaml.
+"""Render the checked-in deployment files: compose.gpu.yml and Prometheus' config from
+configs/models.yaml and deploy/versions.yaml; the alert rules and the Grafana dashboard from
+workers/alerts.py and workers/dashboard.py.
 
 Deterministic text (fixed key order, no timestamps), so a test can compare the checked-in files with
 a fresh render and fail on drift.
@@ -6,6 +8,7 @@ a fresh render and fail on drift.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +17,17 @@ import yaml
 
 from gateway.models_config import ConfigError, ModelsConfig, load_models_config
 from gateway.placement import placement_errors
+from workers.alerts import alerts_document
 from workers.compose import CONFIG_DIR_IN_CONTAINER, compose_document, compose_errors
 from workers.cpu_plan import REPO_ROOT
+from workers.dashboard import dashboard_document
 from workers.prometheus import prometheus_document
 from workers.versions import VERSIONS_FILE, ImageVersions, load_versions
 
 COMPOSE_FILE = Path("compose.gpu.yml")
 PROMETHEUS_FILE = Path("deploy/prometheus/prometheus.yml")
+ALERTS_FILE = Path("deploy/prometheus/alerts.yml")
+DASHBOARD_FILE = Path("deploy/grafana/dashboards/gateway.json")
 RERENDER = "python -m workers render (or: make compose)"
 
 
@@ -92,11 +99,27 @@ def render_prometheus(deployment: Deployment) -> str:
     return to_yaml(prometheus_document(deployment.config), header)
 
 
+def render_alerts() -> str:
+    header = (
+        "Prometheus alert rules, loaded by prometheus.yml; unit-tested in alerts.test.yml.\n"
+        "GENERATED from workers/alerts.py: do not edit by hand.\n"
+        f"After changing it, re-render: {RERENDER}"
+    )
+    return to_yaml(alerts_document(), header)
+
+
+def render_dashboard() -> str:
+    # JSON has no comments: the dashboard's description says it is generated.
+    return json.dumps(dashboard_document(), indent=2) + "\n"
+
+
 def render_all(deployment: Deployment) -> dict[Path, str]:
     """Each generated file's path (relative to the repository root) and its content."""
     return {
         COMPOSE_FILE: render_compose(deployment),
         PROMETHEUS_FILE: render_prometheus(deployment),
+        ALERTS_FILE: render_alerts(),
+        DASHBOARD_FILE: render_dashboard(),
     }
 
 

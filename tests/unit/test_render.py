@@ -6,6 +6,7 @@ The drift tests fail when a checked-in file differs from a fresh render; re-rend
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ import yaml
 
 from gateway.models_config import ConfigError
 from workers.__main__ import main as workers_main
-from workers.render import COMPOSE_FILE, PROMETHEUS_FILE, Deployment, render_all
+from workers.render import (
+    ALERTS_FILE,
+    COMPOSE_FILE,
+    DASHBOARD_FILE,
+    PROMETHEUS_FILE,
+    Deployment,
+    render_all,
+)
 from workers.versions import VERSIONS_FILE, ImageVersions, load_versions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +48,9 @@ def _deployment_in(tmp_path: Path, models: str) -> Deployment:
     return Deployment.load(config, tmp_path)
 
 
-@pytest.mark.parametrize("relative", [COMPOSE_FILE, PROMETHEUS_FILE], ids=str)
+@pytest.mark.parametrize(
+    "relative", [COMPOSE_FILE, PROMETHEUS_FILE, ALERTS_FILE, DASHBOARD_FILE], ids=str
+)
 def test_checked_in_file_matches_a_fresh_render(relative: Path) -> None:
     checked_in = (ROOT / relative).read_text(encoding="utf-8")
     assert checked_in == _rendered()[relative], f"{relative}: {RERENDER_HINT}"
@@ -76,10 +86,17 @@ def test_render_refuses_a_broken_placement_and_writes_nothing(
 
 
 def test_generated_files_say_they_are_generated_and_how_to_rerender() -> None:
-    for text in _rendered().values():
-        header = text.split("\n", 3)[:3]
+    rendered = _rendered()
+    for path in (COMPOSE_FILE, PROMETHEUS_FILE):
+        header = rendered[path].split("\n", 3)[:3]
         assert any("GENERATED from configs/models.yaml" in line for line in header)
         assert any("python -m workers render" in line for line in header)
+    header = rendered[ALERTS_FILE].split("\n", 3)[:3]
+    assert any("GENERATED from workers/alerts.py" in line for line in header)
+    assert any("python -m workers render" in line for line in header)
+    description = json.loads(rendered[DASHBOARD_FILE])["description"]
+    assert "GENERATED from workers/dashboard.py" in description
+    assert "python -m workers render" in description
 
 
 def test_one_vllm_service_per_launched_worker_with_the_models_flags() -> None:
@@ -171,7 +188,8 @@ def test_prometheus_scrapes_gateway_every_worker_and_dcgm() -> None:
     targets = {c["targets"][0]: c["labels"] for c in jobs["vllm"]}
     assert len(targets) == 6
     assert targets["llama8b-1:8104"] == {"model": "llama-3.1-8b-instruct", "worker": "llama8b-1"}
-    assert document["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    # Relative to prometheus.yml: deploy/prometheus/alerts.yml, /etc/prometheus/ in compose.
+    assert document["rule_files"] == ["alerts.yml"]
 
 
 def test_attached_workers_are_scraped_at_their_url_but_not_run(tmp_path: Path) -> None:
