@@ -79,8 +79,8 @@ def start_serving(
     return proc, url
 
 
-def start_fake(tmp: Path, model: str) -> tuple[Proc, str]:
-    port = free_port()
+def start_fake(tmp: Path, model: str, port: int | None = None) -> tuple[Proc, str]:
+    port = port or free_port()
     args = [sys.executable, "-m", "tests.fakes.fake_vllm", "--port", str(port), "--model", model]
     return start_serving(args, port, tmp / f"fake-{port}.log")
 

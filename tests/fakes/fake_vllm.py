@@ -8,6 +8,12 @@ The request body's `"fake"` object scripts the answer, e.g.
   {"fake": {"stall_after": 2}}               stop sending (but keep the socket) after 2 chunks
   {"fake": {"inband_error_after": 0}}        vLLM's mid-stream error event + [DONE]
 GET /fake/stats reports requests seen, in progress, and aborted by the peer (the gateway).
+POST /fake/control sets the whole server's behaviour from then on, e.g.
+  {"delay": 0.5}                             every completion waits 0.5 s before answering
+  {"waiting": 12, "kv": 0.9}                 what /metrics reports (vLLM's queue and KV cache)
+  {"health": 503}                            what /health answers
+  {"status": 503}                            every completion answers this error
+  {"reset": true}                            zero the stats
 Run: python -m tests.fakes.fake_vllm --port P [--model NAME]
 """
 
@@ -35,10 +41,20 @@ class PeerGone(Exception):
     pass
 
 
+@dataclass
+class Control:
+    delay: float = 0.0
+    waiting: int = 0
+    kv: float = 0.0
+    health: int = 200
+    status: int | None = None
+
+
 class FakeVLLM:
     def __init__(self, model: str) -> None:
         self.model = model
         self.stats = Stats()
+        self.control = Control()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -66,6 +82,13 @@ class FakeVLLM:
             await self._get(path, writer)
             return True
         body = json.loads(raw)
+        if path == "/fake/control":
+            if body.pop("reset", False):
+                self.stats = Stats()
+            for name, value in body.items():
+                setattr(self.control, name, value)
+            await _respond(writer, 200, b"{}")
+            return True
         self.stats.requests += 1
         self.stats.active += 1
         self.stats.last_headers = headers
@@ -82,13 +105,15 @@ class FakeVLLM:
 
     async def _get(self, path: str, writer: asyncio.StreamWriter) -> None:
         if path == "/health":
-            await _respond(writer, 200, b"")
+            await _respond(writer, self.control.health, b"")
         elif path == "/fake/stats":
             await _respond(writer, 200, json.dumps(self.stats.__dict__).encode())
         elif path == "/metrics":
+            labels = f'{{model_name="{self.model}",engine="0"}}'
             text = (
-                f'vllm:num_requests_running{{model_name="{self.model}",engine="0"}} '
-                f"{self.stats.active}\n"
+                f"vllm:num_requests_running{labels} {self.stats.active}\n"
+                f"vllm:num_requests_waiting{labels} {self.control.waiting}\n"
+                f"vllm:kv_cache_usage_perc{labels} {self.control.kv}\n"
             )
             await _respond(writer, 200, text.encode(), "text/plain")
         else:
@@ -102,8 +127,10 @@ class FakeVLLM:
         writer: asyncio.StreamWriter,
     ) -> None:
         script = body.get("fake", {})
-        if "status" in script:
-            status = script["status"]
+        if self.control.delay:
+            await _wait_or_peer_gone(reader, self.control.delay)
+        if "status" in script or self.control.status:
+            status = script.get("status") or self.control.status
             err = {
                 "error": {
                     "message": f"fake error {status}",

@@ -13,7 +13,6 @@ import pytest
 
 from tests.procs import free_port, start_fake, start_gateway
 
-
 NO_HEALTH = {"GATEWAY_HEALTH_INTERVAL": "0", "GATEWAY_EJECT_AFTER_FAILURES": "0"}
 
 

@@ -1,0 +1,183 @@
+"""The admission queue: exact bound, fair release across keys, push-out instead of starvation,
+wait timeout, clients leaving, no healthy worker, and slots never leaked."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.admission import ModelQueue, QueueSettings
+from gateway.errors import NoHealthyBackend, ServerOverloaded
+from gateway.metrics import Metrics
+from gateway.routing.registry import ModelRoute, Worker
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def make_queue(cap: int = 1, depth: int = 4, timeout: float = 5.0, workers: int = 1) -> ModelQueue:
+    route = ModelRoute(
+        "m",
+        tuple(Worker(f"w{i}", "m", f"http://w{i}") for i in range(workers)),
+        max_inflight_per_worker=cap,
+    )
+    return ModelQueue(route, QueueSettings(depth, timeout, stale_after=3.0), Metrics())
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_free_worker_is_taken_at_once_and_given_back() -> None:
+    queue = make_queue(cap=2)
+    first = await queue.acquire("k", None)
+    second = await queue.acquire("k", None)
+    assert first is second
+    assert first.inflight == 2
+    queue.release(first)
+    queue.release(second)
+    assert first.inflight == 0
+    assert queue.size == 0
+
+
+async def test_bound_is_exact_and_overflow_is_refused_at_once() -> None:
+    queue = make_queue(cap=1, depth=3)
+    busy = await queue.acquire("k", None)
+    waiting = [asyncio.create_task(queue.acquire("k", None)) for _ in range(3)]
+    await settle()
+    assert queue.size == 3
+    with pytest.raises(ServerOverloaded) as refused:
+        await queue.acquire("k", None)  # no await on a worker: refused on the spot
+    assert refused.value.headers["retry-after"].isdigit()
+    assert refused.value.code == "server_overloaded"
+    for task in waiting:  # each release hands the worker to the next in line
+        queue.release(busy)
+        busy = await task
+    queue.release(busy)
+    assert queue.size == 0
+    assert busy.inflight == 0
+
+
+async def test_release_is_round_robin_across_keys() -> None:
+    queue = make_queue(cap=1, depth=10)
+    busy = await queue.acquire("flood", None)
+    order: list[str] = []
+
+    async def request(key: str) -> None:
+        worker = await queue.acquire(key, None)
+        order.append(key)
+        await asyncio.sleep(0)
+        queue.release(worker)
+
+    tasks = [asyncio.create_task(request("flood")) for _ in range(6)]
+    await settle()
+    tasks += [asyncio.create_task(request("other")) for _ in range(2)]
+    await settle()
+    queue.release(busy)
+    await asyncio.gather(*tasks)
+    # "other" came after six flood requests, yet waits for at most one of them each time.
+    assert order[:4] == ["flood", "other", "flood", "other"]
+
+
+async def test_full_queue_pushes_out_the_biggest_key_instead_of_refusing_a_small_one() -> None:
+    queue = make_queue(cap=1, depth=4)
+    busy = await queue.acquire("flood", None)
+    flood = [asyncio.create_task(queue.acquire("flood", None)) for _ in range(4)]
+    await settle()
+    other = asyncio.create_task(queue.acquire("other", None))
+    await settle()
+    assert queue.size == 4
+    pushed_out = [t for t in flood if t.done()]
+    assert len(pushed_out) == 1
+    assert pushed_out[0] is flood[-1]
+    assert isinstance(pushed_out[0].exception(), ServerOverloaded)
+    with pytest.raises(ServerOverloaded):  # the flood key gets no more places
+        await queue.acquire("flood", None)
+    queue.release(busy)
+    assert (await flood[0]).name == "w0"  # first in the round
+    queue.release(busy)
+    assert (await other).name == "w0"  # then the other key, ahead of two older flood requests
+    for task in flood[1:3]:
+        task.cancel()
+
+
+async def test_waiting_too_long_is_a_503_and_leaves_the_queue() -> None:
+    queue = make_queue(cap=1, depth=4, timeout=0.05)
+    busy = await queue.acquire("k", None)
+    with pytest.raises(ServerOverloaded, match="waited"):
+        await queue.acquire("k", None)
+    assert queue.size == 0
+    queue.release(busy)
+    assert busy.inflight == 0
+
+
+async def test_client_leaving_while_queued_frees_its_place_at_once() -> None:
+    queue = make_queue(cap=1, depth=2)
+    busy = await queue.acquire("k", None)
+    leaving = asyncio.create_task(queue.acquire("k", None))
+    staying = asyncio.create_task(queue.acquire("k", None))
+    await settle()
+    leaving.cancel()
+    await settle()
+    assert queue.size == 1
+    queue.release(busy)
+    assert (await staying).inflight == 1  # the slot went to the one still waiting
+
+
+async def test_worker_handed_to_a_client_that_just_left_is_given_back() -> None:
+    queue = make_queue(cap=1, depth=2)
+    busy = await queue.acquire("k", None)
+    waiter = asyncio.create_task(queue.acquire("k", None))
+    await settle()
+    queue.release(busy)  # the waiter's future now holds the worker...
+    waiter.cancel()  # ...and its client leaves before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert busy.inflight == 0
+    assert queue.size == 0
+
+
+async def test_no_worker_taking_traffic_is_no_healthy_backend_with_retry_after() -> None:
+    queue = make_queue(cap=1, depth=2)
+    worker = queue.route.workers[0]
+    busy = await queue.acquire("k", None)
+    waiting = asyncio.create_task(queue.acquire("k", None))
+    await settle()
+    worker.up = False
+    queue.pump()  # what the health monitor does after a round
+    with pytest.raises(NoHealthyBackend):
+        await waiting
+    with pytest.raises(NoHealthyBackend) as refused:
+        await queue.acquire("k", None)
+    assert refused.value.headers["retry-after"] == "1"
+    queue.release(busy)
+
+
+async def test_retry_takes_another_worker_even_when_saturated() -> None:
+    queue = make_queue(cap=1, depth=2, workers=2)
+    first = await queue.acquire("k", None)
+    second = await queue.acquire("k", None)
+    assert first is not second
+    assert queue.take_another(frozenset({first})) is second  # saturated, still taken
+    assert queue.take_another(frozenset({first, second})) is None
+    assert second.inflight == 2
+
+
+async def test_depth_gauge_and_rejections_are_counted() -> None:
+    metrics = Metrics()
+    queue = ModelQueue(make_queue().route, QueueSettings(1, 5.0, 3.0), metrics)
+    busy = await queue.acquire("k", None)
+    waiting = asyncio.create_task(queue.acquire("k", None))
+    await settle()
+    assert sample(metrics.registry, "gateway_queue_depth", model="m") == 1
+    with pytest.raises(ServerOverloaded):
+        await queue.acquire("k", None)
+    assert sample(metrics.registry, "gateway_queue_rejections_total", model="m", reason="full") == 1
+    queue.release(busy)
+    queue.release(await waiting)
+    assert sample(metrics.registry, "gateway_queue_depth", model="m") == 0
+    assert sample(metrics.registry, "gateway_queue_wait_seconds_count", model="m") == 1
