@@ -179,7 +179,8 @@ RATE_LIMITS = Row(
         ),
         Panel(
             "Tokens per key",
-            "Prompt and completion tokens by key name (the ten busiest).",
+            "Prompt and completion tokens by key name, counted for keys with a tpm limit "
+            "(the ten busiest).",
             "suffix: tok/s",
             (Query(f"topk(10, {_rate('gateway_key_tokens_total', 'key')})", "{{key}}"),),
             width=8,
