@@ -66,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         return keys_command(argv[1:])
     overrides = parse_args(argv)
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
+    listener = configure_logging(settings.log_level)
+    try:
+        return _serve(settings, overrides)
+    finally:
+        listener.stop()  # flush what is queued
+
+
+def _serve(settings: Settings, overrides: dict[str, Any]) -> int:
     try:
         app = create_app(settings)  # also checks the models file before any process starts
     except ConfigError as exc:
@@ -77,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         "port": settings.port,
         "loop": "uvloop",
         "http": "httptools",
-        "access_log": False,  # the gateway never logs request content
+        "access_log": False,  # the gateway writes its own, without request content
         "log_level": settings.log_level,
+        "log_config": None,  # uvicorn's own lines go through our JSON logging too
         "timeout_graceful_shutdown": 30,
     }
     if settings.processes == 1:

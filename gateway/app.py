@@ -5,6 +5,7 @@ There is no import-time app: tests and `python -m gateway` each build their own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -30,6 +31,7 @@ from gateway.routing.health import Health, HealthSettings
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
 from gateway.state import AppState
+from gateway.tracing import Tracing
 from gateway.upstream import Upstream
 
 
@@ -84,24 +86,41 @@ def _ejections(settings: Settings) -> Ejections:
 class GatewayApp(FastAPI):
     """FastAPI with RequestContext outermost, where it can dispatch the hot path directly."""
 
-    def __init__(self, metrics: Metrics, hot_routes: Mapping[str, ASGIApp], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        hot_routes: Mapping[str, ASGIApp],
+        access_log: bool,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._metrics = metrics
         self._hot_routes = hot_routes
+        self._access_log = access_log
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContext(super().build_middleware_stack(), self._metrics, self._hot_routes)
+        return RequestContext(
+            super().build_middleware_stack(),
+            self._metrics,
+            self._hot_routes,
+            access_log=self._access_log,
+        )
 
 
-def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, config: ModelsConfig | None = None, tracing: Tracing | None = None
+) -> FastAPI:
     """Build the app. `config` defaults to the file named by settings.config (read now, so a bad
-    file fails at start, not at the first request)."""
+    file fails at start, not at the first request). `tracing` defaults to OTLP export when
+    settings.otlp_endpoint is set (tests pass one with an in-memory exporter)."""
     models = config if config is not None else load_models_config(settings.config)
     if problems := placement_errors(models):
         source = settings.config if config is None else "models config"
         raise ConfigError(f"{source}: invalid worker placement\n  " + "\n  ".join(problems))
     keys = _key_store(settings)
     metrics = Metrics()
+    if tracing is None and settings.otlp_endpoint:
+        tracing = Tracing.to_otlp(settings.otlp_endpoint)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,6 +150,7 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
             limiter=limiter,
             health=health,
             dispatcher=dispatcher,
+            tracing=tracing,
             models_body=models_payload(models),
         )
         await health.start()  # what is known of the workers, before the first request
@@ -148,12 +168,15 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
                 watcher.cancel()
             await health.aclose()
             await limiter.aclose()
+            if tracing is not None:
+                tracing.shutdown()  # exports what is buffered
             await upstream.aclose()
 
     hot_routes = openai.completion_routes()
     app = GatewayApp(
         metrics,
         hot_routes,
+        settings.access_log,
         title="LLM gateway",
         lifespan=lifespan,
         docs_url=None,
@@ -170,5 +193,5 @@ def create_app(settings: Settings, config: ModelsConfig | None = None) -> FastAP
 def create_app_from_env() -> FastAPI:
     """Factory for each process of a multi-process gateway: settings from GATEWAY_* variables."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    atexit.register(configure_logging(settings.log_level).stop)  # flush at exit
     return create_app(settings)

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id in and out, and the request counter and latency histogram."""
+"""Pure ASGI middleware: request id in and out, the request metrics, and the access line."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InternalError
+from gateway.logs import ACCESS_LOGGER, access_line
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 _KNOWN_ENDPOINTS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
 )
+# Probes and scrapes arrive every few seconds: counted in the metrics, not written to the log.
+_NOT_LOGGED = frozenset({"/health", "/ready", "/metrics"})
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -38,10 +43,18 @@ class RequestContext:
     middleware stack and router (measured in bench/RESULTS.md); everything else goes to `app`.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, hot_routes: Mapping[str, ASGIApp]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        hot_routes: Mapping[str, ASGIApp],
+        *,
+        access_log: bool = True,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.hot_routes = hot_routes
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,10 +91,36 @@ class RequestContext:
             )
         finally:
             relay = state.get("relay")
-            self.metrics.observe_request(
-                state.get("model", "-"),
-                path if path in _KNOWN_ENDPOINTS else "other",
-                499 if state.get("client_gone") else status or 500,
-                time.perf_counter() - started,
-                relay.timing if relay is not None else None,
-            )
+            endpoint = path if path in _KNOWN_ENDPOINTS else "other"
+            status = 499 if state.get("client_gone") else status or 500
+            seconds = time.perf_counter() - started
+            timing = relay.timing if relay is not None else None
+            model = state.get("model", "-")
+            self.metrics.observe_request(model, endpoint, status, seconds, timing)
+            if self.access_log and path not in _NOT_LOGGED:
+                self._access_line(state, scope["method"], endpoint, status, seconds)
+
+    @staticmethod
+    def _access_line(
+        state: dict[str, Any], method: str, endpoint: str, status: int, seconds: float
+    ) -> None:
+        fields: dict[str, Any] = {
+            "request_id": state["request_id"],
+            "method": method,
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "key": state.get("key"),  # the key's name from the keys file, never the key
+            "model": state.get("model"),
+        }
+        relay = state.get("relay")
+        if relay is not None:
+            timing = relay.timing
+            fields["worker"] = relay.worker
+            fields["queue_ms"] = round(timing.queued * 1000, 3)
+            if timing.first_event is not None:
+                fields["ttft_ms"] = round((timing.first_event - timing.started) * 1000, 3)
+            if relay.usage is not None:
+                fields["prompt_tokens"] = relay.usage.prompt
+                fields["completion_tokens"] = relay.usage.completion
+        access_line(access_log, fields)

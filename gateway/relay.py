@@ -51,6 +51,7 @@ class Outbound:
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # e.g. x-ratelimit-*
     tap: UsageTap | None = None  # streams: finds (and maybe strips) vLLM's usage chunk
+    upstream_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # traceparent
 
 
 @dataclass(slots=True)
@@ -94,6 +95,8 @@ class Relay:
         self._prefer = prefer
         self.usage: Usage | None = None
         self.worker: str | None = None
+        self.status: int | None = None  # of the answer the client got
+        self.error_code: str | None = None  # when it was an error, even one sent mid-stream
         self.timing = Timing(started)
         self._finished = False
         self._client_gone = False
@@ -186,7 +189,12 @@ class Relay:
 
     async def _open(self) -> httpx.Response:
         return await self._state.upstream.open_retrying(
-            self._worker, self._switch, self._view.endpoint.value, self._out.body, self._request_id
+            self._worker,
+            self._switch,
+            self._view.endpoint.value,
+            self._out.body,
+            self._request_id,
+            extra_headers=self._out.upstream_headers,
         )
 
     async def _relay_unary(self) -> None:
@@ -255,6 +263,7 @@ class Relay:
                 failure.code,
                 self._worker.name,
             )
+            self.error_code = failure.code
             await self._body(failure.sse_event(), final=True)
             return failure.worker_fault
         finally:
@@ -301,6 +310,7 @@ class Relay:
     async def _start(
         self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
     ) -> None:
+        self.status = status
         headers = [*headers, *self._out.headers]
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
@@ -320,6 +330,7 @@ class Relay:
             raise ClientGone from exc
 
     async def _send_error(self, exc: GatewayError) -> None:
+        self.error_code = exc.code
         body = exc.body()
         headers = [(b"content-type", b"application/json")]
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]

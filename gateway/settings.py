@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_level: str = "info"
+    # One JSON line per request (request id, key name, model, worker, status, tokens, timings).
+    access_log: bool = True
+    # Tracing: with an OTLP/HTTP endpoint (e.g. http://collector:4318/v1/traces), one span per
+    # completion request, following the OpenTelemetry GenAI conventions. Off when unset.
+    otlp_endpoint: str | None = None
     # Gateway processes sharing the port (uvicorn workers); about one per core.
     processes: Annotated[int, Field(ge=1, le=256)] = 1
 

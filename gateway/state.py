@@ -12,6 +12,7 @@ from gateway.ratelimit import Limiter
 from gateway.routing.health import Health
 from gateway.routing.registry import Registry
 from gateway.settings import Settings
+from gateway.tracing import Tracing
 from gateway.upstream import Upstream
 
 
@@ -26,4 +27,5 @@ class AppState:
     limiter: Limiter
     health: Health
     dispatcher: Dispatcher
+    tracing: Tracing | None  # None: tracing off
     models_body: bytes  # GET /v1/models, rendered once

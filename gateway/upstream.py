@@ -7,7 +7,7 @@ here and nowhere else: only while nothing has reached the client, only on anothe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
@@ -47,7 +47,15 @@ class Upstream:
             url = self._urls[key] = httpx.URL(worker.url + path)
         return url
 
-    async def open(self, worker: Worker, path: str, body: bytes, request_id: str) -> httpx.Response:
+    async def open(
+        self,
+        worker: Worker,
+        path: str,
+        body: bytes,
+        request_id: str,
+        *,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> httpx.Response:
         """POST `body` to the worker and return once its status and headers have arrived.
 
         The hot path builds the request with a parsed URL and raw headers and hands it straight
@@ -61,6 +69,7 @@ class Upstream:
                 (b"content-type", b"application/json"),
                 (b"accept-encoding", b"identity"),
                 (b"x-request-id", request_id.encode()),
+                *extra_headers,
             ],
         )
         try:
@@ -84,12 +93,14 @@ class Upstream:
         path: str,
         body: bytes,
         request_id: str,
+        *,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> httpx.Response:
         """open(), and when the worker is unreachable or answers 503, again on the worker that
         `switch(failed worker, error)` gives (None: no other), within the attempts and the time
         budget. The happy path costs nothing more than open()."""
         try:
-            return await self.open(worker, path, body, request_id)
+            return await self.open(worker, path, body, request_id, extra_headers=extra_headers)
         except GatewayError as exc:
             if not exc.retryable or self._attempts < 2:
                 raise
@@ -107,7 +118,9 @@ class Upstream:
                     break
                 current = replacement
                 try:
-                    return await self.open(current, path, body, request_id)
+                    return await self.open(
+                        current, path, body, request_id, extra_headers=extra_headers
+                    )
                 except GatewayError as exc:
                     failure = exc
                     raise

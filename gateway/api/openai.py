@@ -23,6 +23,7 @@ from gateway.relay import Outbound, Relay
 from gateway.routing.policy import Preference
 from gateway.settings import Settings
 from gateway.state import AppState
+from gateway.tracing import RequestSpan
 from gateway.validation import Endpoint, RequestView, parse_request
 
 router = APIRouter()
@@ -47,14 +48,19 @@ class CompletionRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: AppState = scope["app"].state.gateway
         request_state = scope["state"]
+        span = state.tracing.start(scope["headers"], self.endpoint) if state.tracing else None
         try:
             principal = authenticate(scope["headers"], state.keys)
             request_state["key"] = principal.name
             body = await read_body(scope, receive, state.settings.max_body_bytes)
             view = parse_request(self.endpoint, body)
+            if span is not None:
+                span.request(view)
             queue = _queue_for(state, principal, view.model)
             admission = await _admit(state, principal, view)
         except GatewayError as exc:
+            if span is not None:
+                span.finish(exc.status, exc.code, None)
             await exc.to_response()(scope, receive, send)
             return
         request_state["model"] = view.model  # a configured name: a bounded metrics label
@@ -63,7 +69,7 @@ class CompletionRoute:
             view,
             queue,
             request_state["request_id"],
-            _outbound(view, admission),
+            _outbound(view, admission, span),
             key=principal.name,
             prefer=_preference(state.settings, scope, view),
             started=request_state["started"],
@@ -73,6 +79,9 @@ class CompletionRoute:
         finally:
             request_state["relay"] = relay
             state.metrics.observe_relay(view.model, relay.timing, relay.usage)
+            if span is not None:
+                gone = request_state.get("client_gone", False)
+                span.finish(499 if gone else relay.status or 500, relay.error_code, relay)
             if admission is not None:
                 await state.limiter.settle(admission, relay.usage.total if relay.usage else None)
 
@@ -111,11 +120,13 @@ async def _admit(state: AppState, principal: Principal, view: RequestView) -> Ad
     return await state.limiter.admit(principal, reserve)
 
 
-def _outbound(view: RequestView, admission: Admission | None) -> Outbound:
+def _outbound(view: RequestView, admission: Admission | None, span: RequestSpan | None) -> Outbound:
     headers = admission.headers if admission is not None else []
+    upstream_headers = span.traceparent() if span is not None else []
     if view.stream:  # ask vLLM for the usage chunk (token counters); strip it if not asked
-        return Outbound(body_asking_usage(view), headers, UsageTap(strip=not view.include_usage))
-    return Outbound(view.body, headers)
+        tap = UsageTap(strip=not view.include_usage)
+        return Outbound(body_asking_usage(view), headers, tap, upstream_headers)
+    return Outbound(view.body, headers, None, upstream_headers)
 
 
 def completion_routes() -> dict[str, CompletionRoute]:

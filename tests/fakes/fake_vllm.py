@@ -7,6 +7,7 @@ The request body's `"fake"` object scripts the answer, e.g.
   {"fake": {"cut_after": 2}}                 close the socket abruptly after 2 chunks
   {"fake": {"stall_after": 2}}               stop sending (but keep the socket) after 2 chunks
   {"fake": {"inband_error_after": 0}}        vLLM's mid-stream error event + [DONE]
+  {"fake": {"text": "xyz"}}                  the completion's text (streams: xyz0, xyz1, ...)
 GET /fake/stats reports requests seen, in progress, and aborted by the peer (the gateway).
 POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"delay": 0.5}                             every completion waits 0.5 s before answering
@@ -144,7 +145,11 @@ class FakeVLLM:
         chat = path.endswith("/chat/completions")
         if not body.get("stream"):
             await _wait_or_peer_gone(reader, script.get("stall_first", 0))
-            await _respond(writer, 200, _dumps(_completion(self.model, chat)).encode())
+            await _respond(
+                writer,
+                200,
+                _dumps(_completion(self.model, chat, script.get("text", "hello"))).encode(),
+            )
             return
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -183,7 +188,10 @@ class FakeVLLM:
                 await _chunk(writer, b"")
                 return
             await _chunk(
-                writer, b"data: " + _dumps(_delta(self.model, chat, index)).encode() + b"\n\n"
+                writer,
+                b"data: "
+                + _dumps(_delta(self.model, chat, script.get("text", "t") + str(index))).encode()
+                + b"\n\n",
             )
             if script.get("gap"):
                 await _wait_or_peer_gone(reader, script["gap"])
@@ -208,11 +216,11 @@ def _dumps(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"))  # compact, as vLLM writes it
 
 
-def _completion(model: str, chat: bool) -> dict[str, Any]:
+def _completion(model: str, chat: bool, text: str) -> dict[str, Any]:
     choice: dict[str, Any] = (
-        {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         if chat
-        else {"index": 0, "text": "hello", "finish_reason": "stop"}
+        else {"index": 0, "text": text, "finish_reason": "stop"}
     )
     return {
         "id": "cmpl-fake",
@@ -224,11 +232,11 @@ def _completion(model: str, chat: bool) -> dict[str, Any]:
     }
 
 
-def _delta(model: str, chat: bool, index: int) -> dict[str, Any]:
+def _delta(model: str, chat: bool, text: str) -> dict[str, Any]:
     choice: dict[str, Any] = (
-        {"index": 0, "delta": {"content": f"t{index} "}, "finish_reason": None}
+        {"index": 0, "delta": {"content": text + " "}, "finish_reason": None}
         if chat
-        else {"index": 0, "text": f"t{index} ", "finish_reason": None}
+        else {"index": 0, "text": text + " ", "finish_reason": None}
     )
     return {
         "id": "cmpl-fake",
