@@ -47,3 +47,26 @@ def test_requests_spread_over_processes_are_all_counted(two_process_gateway: str
         )
         assert found, text
         assert float(found.group(1)) == 60
+
+
+def sample(text: str, series: str) -> float:
+    found = re.search(rf"^{re.escape(series)} ([0-9.e+]+)$", text, re.M)
+    assert found, f"{series} missing"
+    return float(found.group(1))
+
+
+def test_counters_sum_and_gauges_merge_across_processes(two_process_gateway: str) -> None:
+    body = {"model": "fake-a", "messages": [{"role": "user", "content": "hi"}]}
+    before = httpx.get(two_process_gateway + "/metrics").text
+    for _ in range(20):
+        with httpx.Client() as client:
+            client.post(two_process_gateway + "/v1/chat/completions", json=body)
+    after = httpx.get(two_process_gateway + "/metrics").text
+    prompt = 'gateway_prompt_tokens_total{model="fake-a"}'
+    completion = 'gateway_completion_tokens_total{model="fake-a"}'
+    assert sample(after, prompt) - sample(before, prompt) == 20 * 3  # the fake's usage
+    assert sample(after, completion) - sample(before, completion) == 20 * 1
+    # Gauges: each process's own value, merged - health by max, in-flight and queue by sum.
+    assert sample(after, 'gateway_worker_healthy{model="fake-a",worker="w0"}') == 1
+    assert sample(after, 'gateway_worker_inflight{model="fake-a",worker="w0"}') == 0
+    assert sample(after, 'gateway_queue_depth{model="fake-a"}') == 0
