@@ -13,10 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from gateway.models_config import ConfigError, load_models_config
 from workers.cpu_plan import DEFAULT_CACHE_DIR, DEFAULT_VENV, REPO_ROOT
 from workers.deploy_cli import add_deploy_commands
 from workers.local import LocalWorkers, WorkerStartError, log_tail
+from workers.progress import gateway_ready, gateway_starting, print_line
+
+GATEWAY_READY_TIMEOUT = 60.0
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -43,13 +48,12 @@ def _serve(args: argparse.Namespace, *, gateway: bool) -> int:
     )
     try:
         with workers:
-            for name, url in workers.base_urls().items():
-                print(f"worker {name}: {url}/v1", flush=True)
             if not gateway:
-                print("all workers ready; Ctrl-C to stop", flush=True)
+                print_line("all workers ready; Ctrl-C to stop")
                 return _watch(workers, None)
             process = _start_gateway(args)
             try:
+                _report_gateway(args, process, len(workers.launches))
                 return _watch(workers, process)
             finally:
                 _stop(process)
@@ -72,13 +76,40 @@ def _start_gateway(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     # Local use: no API keys (the README says how to turn them on). Only an explicit
     # setting switches them off, and this is it.
     env = {"GATEWAY_AUTH_ENABLED": "false", **os.environ}
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)  # noqa: S603
-    print(
-        f"gateway: http://{args.gateway_host}:{args.gateway_port}/v1 "
-        "(all workers ready; Ctrl-C stops everything)",
-        flush=True,
-    )
-    return process
+    print_line(gateway_starting(f"http://{args.gateway_host}:{args.gateway_port}"))
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env)  # noqa: S603
+
+
+def _report_gateway(
+    args: argparse.Namespace, process: subprocess.Popen[bytes], workers: int
+) -> None:
+    """Say when the gateway's /ready answers 200 (every model has a healthy worker)."""
+    started = time.monotonic()
+    host = "127.0.0.1" if args.gateway_host in ("", "0.0.0.0", "::") else args.gateway_host
+    url = f"http://{host}:{args.gateway_port}"
+    if wait_ready(url, process, GATEWAY_READY_TIMEOUT):
+        print_line(gateway_ready(url, time.monotonic() - started, workers))
+    elif process.poll() is None:
+        print(
+            f"gateway: {url}/ready still not 200 after {GATEWAY_READY_TIMEOUT:.0f} s; "
+            "it keeps running (a model may have no healthy worker)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """True once `url`/ready answers 200; False if the process exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if client.get(url + "/ready").status_code == 200:
+                    return True
+            except httpx.TransportError:  # not listening yet
+                pass
+            time.sleep(0.2)
+    return False
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

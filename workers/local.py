@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,14 +29,17 @@ from workers.cpu_plan import (
     server_env,
     tinymodel_command,
 )
+from workers.progress import (
+    WAITING_EVERY_SECONDS,
+    print_line,
+    still_waiting,
+    worker_ready,
+    worker_starting,
+)
 
 
 class WorkerStartError(RuntimeError):
     """A worker exited or did not become healthy in time; the message carries its log tail."""
-
-
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -106,7 +108,7 @@ class LocalWorkers:
         kv_cache_gib: int = 1,
         startup_timeout: float = 600.0,
         stop_grace: float = 30.0,
-        progress: Callable[[str], None] = _print_progress,
+        progress: Callable[[str], None] = print_line,
     ) -> None:
         self._config = config
         self._python = venv / "bin" / "python"
@@ -213,7 +215,7 @@ class LocalWorkers:
             # Otherwise a stale server on that port would answer /health for us.
             raise WorkerStartError(f"worker {name}: port {launch.port} is already in use")
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._progress(f"starting worker {name} on port {launch.port} (log {launch.log_path})")
+        self._progress(worker_starting(launch))
         with launch.log_path.open("ab") as log:
             self._processes[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 server_command(launch, self._python),
@@ -227,6 +229,7 @@ class LocalWorkers:
 
     def _wait_ready(self, names: list[str]) -> None:
         started = time.monotonic()
+        reminded = started
         pending = list(names)
         with httpx.Client(timeout=2.0) as client:
             while pending:
@@ -234,7 +237,10 @@ class LocalWorkers:
                     if self._healthy(client, name):
                         pending.remove(name)
                         waited = time.monotonic() - started
-                        self._progress(f"worker {name} ready after {waited:.0f} s")
+                        self._progress(worker_ready(self._launches[name], waited))
+                if pending and time.monotonic() - reminded >= WAITING_EVERY_SECONDS:
+                    reminded = time.monotonic()
+                    self._progress(still_waiting(pending, reminded - started))
                 if pending and time.monotonic() - started > self._startup_timeout:
                     name = pending[0]
                     raise WorkerStartError(
