@@ -88,6 +88,9 @@ class ModelQueue:
         while self.size:
             now = self._loop.time()
             waiter = self._peek()
+            if waiter.future.done():  # its client just left; it is on its way out
+                self._pop_next()
+                continue
             try:
                 worker = choose(self.route, now, self._settings.stale_after, prefer=waiter.prefer)
             except NoWorker:
@@ -105,6 +108,7 @@ class ModelQueue:
 
     async def _wait(self, waiter: Waiter) -> Worker:
         self._push(waiter)
+        self.pump()  # a worker may be free with others still ahead: serve them in order
         try:
             async with asyncio.timeout(self._settings.timeout):
                 return await waiter.future
@@ -146,7 +150,8 @@ class ModelQueue:
         self._forget_key_if_empty(biggest)
         self.size -= 1
         self._rejections.labels(self.route.name, "full").inc()
-        victim.future.set_exception(self._full())
+        if not victim.future.done():
+            victim.future.set_exception(self._full())
 
     def _full(self) -> ServerOverloaded:
         return ServerOverloaded(
@@ -183,7 +188,8 @@ class ModelQueue:
     def _fail_all(self, error: NoHealthyBackend) -> None:
         for waiters in self._by_key.values():
             for waiter in waiters:
-                waiter.future.set_exception(error)
+                if not waiter.future.done():
+                    waiter.future.set_exception(error)
         self._by_key.clear()
         self.size = 0
         self._depth_gauge.set(0)

@@ -165,7 +165,7 @@ class Health:
                 worker.saturation, worker.scraped_at = saturation, now
         ok = health is not None
         if ok and not worker.up and now >= worker.ejected_until:
-            worker.up = True
+            worker.up, worker.failures = True, 0
             log.warning("worker %s (%s) is up", worker.name, worker.model)
         elif not ok and worker.up:
             worker.up = False

@@ -181,3 +181,16 @@ async def test_depth_gauge_and_rejections_are_counted() -> None:
     queue.release(await waiting)
     assert sample(metrics.registry, "gateway_queue_depth", model="m") == 0
     assert sample(metrics.registry, "gateway_queue_wait_seconds_count", model="m") == 1
+
+
+async def test_a_worker_freed_right_as_the_head_of_the_queue_leaves_goes_to_the_next() -> None:
+    queue = make_queue(cap=1, depth=2)
+    busy = await queue.acquire("k", None)
+    leaving = asyncio.create_task(queue.acquire("k", None))
+    staying = asyncio.create_task(queue.acquire("k", None))
+    await settle()
+    leaving.cancel()  # its future is cancelled now; the task only learns of it later
+    queue.release(busy)  # in the same loop step: must skip it, not fail on it
+    assert (await staying) is busy
+    assert busy.inflight == 1
+    assert queue.size == 0
