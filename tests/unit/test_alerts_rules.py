@@ -84,3 +84,11 @@ def test_issue_signals_each_have_an_alert() -> None:
         "gateway_redis_errors_total",
     ):
         assert series in expressions
+
+
+def test_readme_tells_when_each_alert_fires_and_what_to_do() -> None:
+    readme = (ROOT / "README.md").read_text()
+    monitoring = readme.split("## Monitoring", 1)[1].split("\n## ", 1)[0]
+    for alert in ALERTS:
+        row = next((line for line in monitoring.splitlines() if f"| `{alert.name}` |" in line), "")
+        assert f"| {alert.severity} |" in row, f"README's alert table lacks {alert.name}"
