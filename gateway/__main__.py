@@ -12,7 +12,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.keys import key_entry_yaml, new_key
-from gateway.logs import configure_logging
+from gateway.logs import LogWriter, configure_logging
 from gateway.metrics import multiprocess_metrics_dir
 from gateway.models_config import ConfigError
 from gateway.settings import Settings
@@ -66,16 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return keys_command(argv[1:])
     overrides = parse_args(argv)
     settings = Settings(**overrides)
-    listener = configure_logging(settings.log_level)
+    writer = configure_logging(settings.log_level)
     try:
-        return _serve(settings, overrides)
+        return _serve(settings, overrides, writer)
     finally:
-        listener.stop()  # flush what is queued
+        writer.stop()  # flush what is queued
 
 
-def _serve(settings: Settings, overrides: dict[str, Any]) -> int:
+def _serve(settings: Settings, overrides: dict[str, Any], writer: LogWriter) -> int:
     try:
-        app = create_app(settings)  # also checks the models file before any process starts
+        # Also checks the models file before any process starts.
+        app = create_app(settings, access=writer.access)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from gateway.admission import Dispatcher, QueueSettings
 from gateway.api import openai, ops
 from gateway.errors import install_handlers
 from gateway.keys import KeyStore
-from gateway.logs import configure_logging
+from gateway.logs import AccessSink, configure_logging, logging_access
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContext
 from gateway.models_config import ConfigError, ModelsConfig, load_models_config
@@ -90,29 +90,33 @@ class GatewayApp(FastAPI):
         self,
         metrics: Metrics,
         hot_routes: Mapping[str, ASGIApp],
-        access_log: bool,
+        access: AccessSink | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._metrics = metrics
         self._hot_routes = hot_routes
-        self._access_log = access_log
+        self._access = access
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContext(
             super().build_middleware_stack(),
             self._metrics,
             self._hot_routes,
-            access_log=self._access_log,
+            access=self._access,
         )
 
 
 def create_app(
-    settings: Settings, config: ModelsConfig | None = None, tracing: Tracing | None = None
+    settings: Settings,
+    config: ModelsConfig | None = None,
+    tracing: Tracing | None = None,
+    access: AccessSink = logging_access,
 ) -> FastAPI:
     """Build the app. `config` defaults to the file named by settings.config (read now, so a bad
     file fails at start, not at the first request). `tracing` defaults to OTLP export when
-    settings.otlp_endpoint is set (tests pass one with an in-memory exporter)."""
+    settings.otlp_endpoint is set (tests pass one with an in-memory exporter). `access` takes
+    the access lines (configure_logging's writer; plain logging by default)."""
     models = config if config is not None else load_models_config(settings.config)
     if problems := placement_errors(models):
         source = settings.config if config is None else "models config"
@@ -176,7 +180,7 @@ def create_app(
     app = GatewayApp(
         metrics,
         hot_routes,
-        settings.access_log,
+        access if settings.access_log else None,
         title="LLM gateway",
         lifespan=lifespan,
         docs_url=None,
@@ -193,5 +197,6 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """Factory for each process of a multi-process gateway: settings from GATEWAY_* variables."""
     settings = Settings()
-    atexit.register(configure_logging(settings.log_level).stop)  # flush at exit
-    return create_app(settings)
+    writer = configure_logging(settings.log_level)
+    atexit.register(writer.stop)  # flush at exit
+    return create_app(settings, access=writer.access)

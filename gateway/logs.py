@@ -1,5 +1,5 @@
-"""Process logging: one JSON object per line, written by a background thread (a log call on the
-event loop only puts the record on a queue), and the per-request access line.
+"""Process logging: one JSON object per line, formatted and written by a background thread (on
+the event loop a log call only enqueues), and the per-request access line.
 
 The gateway logs no keys, prompts or completions, only their metadata: the access line carries
 the key's *name*, the model, the worker, the status, token counts and timings.
@@ -11,19 +11,26 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import orjson
 
 ACCESS_LOGGER = "gateway.access"
+AccessSink = Callable[[dict[str, Any]], None]
+
+
+def _timestamp(created: float) -> str:
+    millis = int(created * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
 
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -37,22 +44,38 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def configure_logging(level: str) -> logging.handlers.QueueListener:
-    """JSON lines on stderr, written off the event loop. Stop the returned listener at exit
-    to flush what is queued."""
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(JSONFormatter())
-    listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.addHandler(_RecordQueue(records))
-    root.setLevel(level.upper())
-    # httpx logs every request URL at INFO: noise on the hot path, and URLs are the worker's.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    listener.start()
-    return listener
+class LogWriter:
+    """The thread that formats and writes every line: log records, and access lines handed
+    over as plain dicts (about 1 µs on the loop, against ~16 µs through `logging`)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._formatter = JSONFormatter()
+        self.queue: queue.SimpleQueue[logging.LogRecord | dict[str, Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def access(self, fields: dict[str, Any]) -> None:
+        fields["ts"] = time.time()
+        self.queue.put(fields)
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, dict):
+                line = {"ts": _timestamp(item.pop("ts")), "level": "info", "logger": ACCESS_LOGGER}
+                line.update(item)
+                text = orjson.dumps(line).decode()
+            else:
+                text = self._formatter.format(item)
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        self.queue.put(None)
+        self._thread.join(5)
 
 
 class _RecordQueue(logging.handlers.QueueHandler):
@@ -63,7 +86,22 @@ class _RecordQueue(logging.handlers.QueueHandler):
         return record
 
 
-def access_line(logger: logging.Logger, fields: dict[str, Any]) -> None:
-    """One request's access line (level INFO on the `gateway.access` logger)."""
+def configure_logging(level: str) -> LogWriter:
+    """JSON lines on stderr, written off the event loop. Stop the returned writer at exit to
+    flush what is queued; its `access` is the cheap sink for access lines."""
+    writer = LogWriter(sys.stderr)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(_RecordQueue(writer.queue))
+    root.setLevel(level.upper())
+    # httpx logs every request URL at INFO: noise on the hot path, and URLs are the worker's.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return writer
+
+
+def logging_access(fields: dict[str, Any]) -> None:
+    """The access sink when no LogWriter was set up (an app built in a test): plain logging."""
+    logger = logging.getLogger(ACCESS_LOGGER)
     if logger.isEnabledFor(logging.INFO):
         logger.info("access", extra={"fields": fields})

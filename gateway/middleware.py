@@ -12,11 +12,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InternalError
-from gateway.logs import ACCESS_LOGGER, access_line
+from gateway.logs import AccessSink
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 _KNOWN_ENDPOINTS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
@@ -49,12 +48,12 @@ class RequestContext:
         metrics: Metrics,
         hot_routes: Mapping[str, ASGIApp],
         *,
-        access_log: bool = True,
+        access: AccessSink | None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.hot_routes = hot_routes
-        self.access_log = access_log
+        self.access = access  # None: no access lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,30 +96,30 @@ class RequestContext:
             timing = relay.timing if relay is not None else None
             model = state.get("model", "-")
             self.metrics.observe_request(model, endpoint, status, seconds, timing)
-            if self.access_log and path not in _NOT_LOGGED:
-                self._access_line(state, scope["method"], endpoint, status, seconds)
+            if self.access is not None and path not in _NOT_LOGGED:
+                self.access(_access_fields(state, scope["method"], endpoint, status, seconds))
 
-    @staticmethod
-    def _access_line(
-        state: dict[str, Any], method: str, endpoint: str, status: int, seconds: float
-    ) -> None:
-        fields: dict[str, Any] = {
-            "request_id": state["request_id"],
-            "method": method,
-            "endpoint": endpoint,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "key": state.get("key"),  # the key's name from the keys file, never the key
-            "model": state.get("model"),
-        }
-        relay = state.get("relay")
-        if relay is not None:
-            timing = relay.timing
-            fields["worker"] = relay.worker
-            fields["queue_ms"] = round(timing.queued * 1000, 3)
-            if timing.first_event is not None:
-                fields["ttft_ms"] = round((timing.first_event - timing.started) * 1000, 3)
-            if relay.usage is not None:
-                fields["prompt_tokens"] = relay.usage.prompt
-                fields["completion_tokens"] = relay.usage.completion
-        access_line(access_log, fields)
+
+def _access_fields(
+    state: dict[str, Any], method: str, endpoint: str, status: int, seconds: float
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "request_id": state["request_id"],
+        "method": method,
+        "endpoint": endpoint,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "key": state.get("key"),  # the key's name from the keys file, never the key
+        "model": state.get("model"),
+    }
+    relay = state.get("relay")
+    if relay is not None:
+        timing = relay.timing
+        fields["worker"] = relay.worker
+        fields["queue_ms"] = round(timing.queued * 1000, 3)
+        if timing.first_event is not None:
+            fields["ttft_ms"] = round((timing.first_event - timing.started) * 1000, 3)
+        if relay.usage is not None:
+            fields["prompt_tokens"] = relay.usage.prompt
+            fields["completion_tokens"] = relay.usage.completion
+    return fields
