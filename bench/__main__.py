@@ -24,6 +24,7 @@ from bench.procs import ROOT, Service, start_upstream
 from bench.scenarios import SCENARIOS, LoadPlan, Run, run_once
 from bench.targets import (
     BASE_ENV,
+    FLOOR,
     MODEL,
     GatewayConfig,
     Target,
@@ -85,6 +86,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--processes", type=int, default=1, help="gateway processes (its --processes)"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench/floor_relay.py, a 30-line relay: the least our stack can cost",
+    )
     parser.add_argument("--chunks", type=int, default=32, help="chunks per stream")
     parser.add_argument("--gap-ms", type=float, default=10.0, help="ms between chunks")
     parser.add_argument("--concurrency", type=int, default=64, help="c of the c64 and stream runs")
@@ -107,8 +113,8 @@ def configurations(args: argparse.Namespace) -> list[GatewayConfig]:
         return [GatewayConfig(args.label, common, args.processes)]
     configs = [parse_config_set(spec, common, args.processes) for spec in args.config_set]
     labels = [config.label for config in configs]
-    if len(set(labels)) != len(labels) or "direct" in labels:
-        raise SystemExit(f"config set names must be unique and not 'direct': {labels}")
+    if len(set(labels)) != len(labels) or {"direct", "floor"} & set(labels):
+        raise SystemExit(f"config set names must be unique, not 'direct' or 'floor': {labels}")
     return configs
 
 
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: missing tools: " + "; ".join(missing), file=sys.stderr)
         return 2
     configs = configurations(args)
+    if args.floor:
+        configs.append(FLOOR)
     now = datetime.now(UTC)
     stamp = now.strftime("%Y%m%d-%H%M%S")
     logs = args.out / f"logs-{stamp}"

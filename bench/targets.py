@@ -30,12 +30,15 @@ class GatewayConfig:
     env: dict[str, str] = field(default_factory=dict)
     processes: int = 1
     key_limits: dict[str, int] = field(default_factory=dict)  # of the bench's API key
+    module: str = "gateway"  # what runs: the gateway, or bench.floor_relay (the floor)
 
     @property
     def auth(self) -> bool:
         return self.env.get("GATEWAY_AUTH_ENABLED", "true").lower() in ("1", "true", "yes", "on")
 
     def describe(self) -> str:
+        if self.module != "gateway":
+            return f"`{self.label}`: `python -m {self.module}` (a reference, not the gateway)"
         env = ", ".join(f"`{k}={v}`" for k, v in sorted(self.env.items())) or "none (defaults)"
         noun = "process" if self.processes == 1 else "processes"
         text = f"`{self.label}`: {self.processes} {noun}; GATEWAY_* set: {env}"
@@ -43,6 +46,9 @@ class GatewayConfig:
             limits = ", ".join(f"{k}={v}" for k, v in sorted(self.key_limits.items()))
             text += f"; API key limits: {limits or 'none'}"
         return text
+
+
+FLOOR = GatewayConfig("floor", module="bench.floor_relay")
 
 
 def new_api_key() -> str:
@@ -138,10 +144,12 @@ def start_gateway(
     if config.auth and "GATEWAY_KEYS_FILE" not in env:
         path = log_dir / f"keys-{config.label}-{port}.yaml"
         env["GATEWAY_KEYS_FILE"] = str(keys_file(path, api_key, config.key_limits))
-    args = [sys.executable, "-m", "gateway", "--config", str(config_file), "--port", str(port)]
+    args = [sys.executable, "-m", config.module, "--config", str(config_file), "--port", str(port)]
+    if config.module == "gateway":
+        args += _processes_option(config.processes)
     service = Service(
         f"gateway {config.label}",
-        pinned(cpus, [*args, *_processes_option(config.processes)]),
+        pinned(cpus, args),
         log_dir / f"gateway-{config.label}-{port}.log",
         env,
     )
