@@ -33,6 +33,7 @@ from gateway.settings import Settings
 from gateway.state import AppState
 from gateway.tracing import Tracing
 from gateway.upstream import Upstream
+from gateway.validation import Endpoint
 
 
 def models_payload(config: ModelsConfig) -> bytes:
@@ -123,6 +124,10 @@ def create_app(
         raise ConfigError(f"{source}: invalid worker placement\n  " + "\n  ".join(problems))
     keys = _key_store(settings)
     metrics = Metrics()
+    metrics.prepare(
+        {m.name: [w.name for w in m.workers] for m in models.models},
+        [endpoint.value for endpoint in Endpoint],
+    )
     if tracing is None and settings.otlp_endpoint:
         tracing = Tracing.to_otlp(settings.otlp_endpoint)
 

@@ -215,6 +215,14 @@ class InternalError(GatewayError):
     """A bug in the gateway. The message never carries details of the request."""
 
 
+# Every `worker_fault` above: the kinds of gateway_upstream_errors_total.
+WORKER_FAULTS = tuple(
+    cls.worker_fault
+    for cls in (UpstreamUnavailable, UpstreamTimeout, UpstreamOverloaded, UpstreamFailed)
+    if cls.worker_fault is not None
+)
+
+
 def upstream_error_from_body(status: int, body: bytes) -> GatewayError:
     """Map a worker's error answer (vLLM's envelope, or anything else) onto our tree."""
     message, param = _upstream_message(body)

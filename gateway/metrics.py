@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.errors import WORKER_FAULTS
+
 if TYPE_CHECKING:
     from gateway.accounting import Usage
     from gateway.relay import Timing
@@ -170,6 +172,23 @@ class Metrics:
             "Responses without a usage report: settled on their token reservation.",
             registry=self.registry,
         )
+
+    def prepare(self, workers: dict[str, list[str]], endpoints: list[str]) -> None:
+        """Create every per-model and per-worker series at zero, so dashboards and rate() see
+        them from the start instead of from their first event (model -> its worker names)."""
+        for model, names in workers.items():
+            for child in (self.ttft, self.inter_token, self.prompt_tokens, self.completion_tokens):
+                child.labels(model)
+            self.upstream_retries.labels(model)
+            for endpoint in endpoints:
+                self.duration.labels(model, endpoint)
+                self.overhead.labels(model, endpoint)
+            for reason in ("full", "timeout", "no_healthy_backend"):
+                self.queue_rejections.labels(model, reason)
+            for worker in names:
+                self.worker_ejections.labels(model, worker)
+                for kind in WORKER_FAULTS:
+                    self.upstream_errors.labels(model, worker, kind)
 
     def observe_request(
         self, model: str, endpoint: str, status: int, seconds: float, timing: Timing | None

@@ -333,7 +333,14 @@ def test_unreachable_or_overloaded_worker_is_retried_on_another(tmp_path: Path) 
                 body = {"model": "m", "messages": CHAT, "stream": stream}
                 assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
             assert metric(url, "gateway_upstream_retries_total", 'model="m"') >= 2
-            assert metric(url, "gateway_upstream_errors_total", 'kind="unreachable"') >= 2
+            assert (
+                metric(
+                    url,
+                    "gateway_upstream_errors_total",
+                    'kind="unreachable",model="m",worker="dead"',
+                )
+                >= 2
+            )
 
             workers.control(0, status=503)  # the only worker of `solo` is overloaded
             body = {"model": "solo", "messages": CHAT}
