@@ -235,8 +235,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.api_key = new_api_key()
     # A pool smaller than the streams (GATEWAY_MAX_UPSTREAM_CONNECTIONS) holds the rest back
-    # in a queue inside the gateway: the run then fails its "all open at once" check.
-    config = GatewayConfig(args.label, {**BASE_ENV, **parse_env(args.gateway_env)})
+    # in a queue inside the gateway: the run then fails its "all open at once" check. The one
+    # fake worker stands for a fleet, so its in-flight cap (a vLLM batch: 256 by default) is
+    # raised to the streams' count; otherwise the admission queue holds or refuses the rest.
+    cap = {"GATEWAY_MAX_INFLIGHT_PER_WORKER": str(args.streams)}
+    config = GatewayConfig(args.label, {**BASE_ENV, **cap, **parse_env(args.gateway_env)})
     now = datetime.now(UTC)
     stamp = now.strftime("%Y%m%d-%H%M%S")
     logs = args.out / f"logs-streams5k-{stamp}"
