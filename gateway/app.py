@@ -188,6 +188,9 @@ def create_app(
         access if settings.access_log else None,
         title="LLM gateway",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry instrumentation: off. The gateway makes its one span per
+        # request itself (gateway/tracing.py), and the check costs every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
