@@ -369,3 +369,23 @@ def test_no_healthy_worker_is_503_with_retry_after(tmp_path: Path) -> None:
         assert workers.requests(0) == 0
         workers.control(0, health=200)
         wait_for(lambda: ready(url)["models"]["m"] == ["w0"], 2.0)
+
+
+def test_a_session_stays_on_one_worker(tmp_path: Path) -> None:
+    with fleet(tmp_path, 3) as workers, gateway(tmp_path, workers.models(), FAST_HEALTH) as url:
+        for session in ("alice", "bob", "carol", "dave"):
+            workers.reset()
+            for _ in range(6):
+                reply = httpx.post(
+                    url + "/v1/chat/completions",
+                    json={"model": "m", "messages": CHAT},
+                    headers={"x-session-id": session},
+                )
+                assert reply.status_code == 200
+            counts = sorted(workers.requests(i) for i in range(3))
+            assert counts == [0, 0, 6], (session, counts)  # all six on one worker
+        workers.reset()
+        for _ in range(6):  # the OpenAI `user` field works the same way
+            body = {"model": "m", "messages": CHAT, "user": "erin"}
+            assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
+        assert sorted(workers.requests(i) for i in range(3)) == [0, 0, 6]
