@@ -40,12 +40,12 @@ def body_asking_usage(view: RequestView) -> bytes:
     """The body, amended to ask vLLM for the final usage chunk of a stream."""
     if not view.stream or view.include_usage:
         return view.body
-    options = view.doc.get("stream_options")
-    if options is None:
+    if "stream_options" not in view.doc:
         # Not there at all: splice it in after the opening brace (the object has `model`, so
         # a member follows), leaving every byte the client sent as it was.
         start = view.body.index(b"{")
         return _ASK_USAGE + view.body[start + 1 :]
+    options = view.doc["stream_options"] or {}  # null: as if absent
     return orjson.dumps({**view.doc, "stream_options": {**options, "include_usage": True}})
 
 

@@ -20,6 +20,7 @@ from gateway.routing.policy import NoWorker, Preference, choose
 from gateway.routing.registry import ModelRoute, Registry, Worker
 
 _DRAIN_WINDOW = 64  # releases from the queue remembered to estimate its drain rate
+_DRAIN_RECENT = 30.0  # seconds: older releases say nothing about the drain rate now
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +197,12 @@ class ModelQueue:
 
     def _retry_after(self) -> int:
         """Seconds until the queue has drained at the recent rate (1..60)."""
-        released = self._released
-        if len(released) < 2:
+        now = self._loop.time()
+        recent = [t for t in self._released if now - t <= _DRAIN_RECENT]
+        if len(recent) < 2:
             return 1
-        span = released[-1] - released[0]
-        rate = (len(released) - 1) / span if span > 0 else math.inf
+        span = now - recent[0]
+        rate = len(recent) / span if span > 0 else math.inf
         return min(max(math.ceil((self.size + 1) / rate), 1), 60)
 
     def _no_backend(self, now: float) -> NoHealthyBackend:

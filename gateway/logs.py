@@ -54,6 +54,7 @@ class LogWriter:
         self.queue: queue.SimpleQueue[logging.LogRecord | dict[str, Any] | None] = (
             queue.SimpleQueue()
         )
+        self.lost = 0  # lines the stream refused (closed, broken pipe)
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
@@ -73,12 +74,26 @@ class LogWriter:
                     break
             lines = [self._format(item) for item in items if item is not None]
             if lines:
-                self._stream.write("\n".join(lines) + "\n")
-                self._stream.flush()
+                self._write("\n".join(lines) + "\n")
             if None in items:
                 return
 
+    def _write(self, text: str) -> None:
+        # This thread must outlive a bad line or a closed stream: if it ended, the queue
+        # would grow by a line per request with no one to drain it.
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.lost += text.count("\n")
+
     def _format(self, item: logging.LogRecord | dict[str, Any]) -> str:
+        try:
+            return self._render(item)
+        except Exception as exc:  # noqa: BLE001 (a library's bad log call must not end the writer)
+            return orjson.dumps({"level": "error", "message": f"unloggable line: {exc!r}"}).decode()
+
+    def _render(self, item: logging.LogRecord | dict[str, Any]) -> str:
         if isinstance(item, dict):
             line = {"ts": _timestamp(item.pop("ts")), "level": "info", "logger": ACCESS_LOGGER}
             line.update(item)

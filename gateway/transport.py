@@ -22,7 +22,7 @@ class _AiohttpStream(httpx.AsyncByteStream):
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:  # TimeoutError: aiohttp's `total`
             raise _as_httpx(exc) from exc
 
     async def read_any(self) -> bytes:

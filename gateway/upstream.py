@@ -134,7 +134,7 @@ class Upstream:
         """The body of GET `url` when it answers 200 within `seconds`, else None."""
         try:
             response = await self._client.get(url, timeout=seconds)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, TimeoutError, OSError):  # a body slower than `seconds`, too
             return None
         return response.content if response.status_code == 200 else None
 

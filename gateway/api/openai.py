@@ -63,6 +63,10 @@ class CompletionRoute:
                 span.finish(exc.status, exc.code, None)
             await exc.to_response()(scope, receive, send)
             return
+        except BaseException:
+            if span is not None:
+                span.finish(500, "internal_error", None)
+            raise
         request_state["model"] = view.model  # a configured name: a bounded metrics label
         relay = Relay(
             state,
@@ -83,7 +87,15 @@ class CompletionRoute:
                 gone = request_state.get("client_gone", False)
                 span.finish(499 if gone else relay.status or 500, relay.error_code, relay)
             if admission is not None:
-                await state.limiter.settle(admission, relay.usage.total if relay.usage else None)
+                await state.limiter.settle(admission, _used_tokens(relay))
+
+
+def _used_tokens(relay: Relay) -> int | None:
+    """What the request used: the worker's report; nothing when it never reached a worker
+    (refused by our own queue); None (settle on the reservation) when the report is missing."""
+    if relay.usage is not None:
+        return relay.usage.total
+    return 0 if relay.worker is None else None
 
 
 def _queue_for(state: AppState, principal: Principal, model: str) -> ModelQueue:

@@ -98,17 +98,20 @@ class Health:
     def failed(self, worker: Worker, kind: str) -> None:
         """An exchange with `worker` failed; `kind` labels gateway_upstream_errors_total."""
         self._metrics.upstream_errors.labels(worker.model, worker.name, kind).inc()
+        if not worker.takes_traffic(self._loop.time()):
+            return  # already out: requests still ending on it say nothing new
         worker.failures += 1
         limit = self.settings.eject_after
-        if limit and worker.failures >= limit and worker.takes_traffic(self._loop.time()):
+        if limit and worker.failures >= limit:
+            # Out of rotation at once, in this same step (a crash fails many requests in one
+            # loop pass: one ejection); the shared record then sets how long.
+            worker.failures = 0
+            worker.ejected_until = self._loop.time() + 1.0
+            if self.settings.interval:
+                worker.up = False  # back only after the window and a good probe
             self._spawn(self._eject(worker))
 
     async def _eject(self, worker: Worker) -> None:
-        worker.failures = 0
-        # Out of rotation at once; the shared record then sets how long.
-        worker.ejected_until = self._loop.time() + 1.0
-        if self.settings.interval:
-            worker.up = False  # back only after the window and a good probe
         seconds = await self._ejections.eject(worker_id(worker))
         worker.ejected_until = self._loop.time() + seconds
         self._metrics.worker_ejections.labels(worker.model, worker.name).inc()
@@ -124,7 +127,10 @@ class Health:
 
     async def start(self) -> None:
         """One round before serving, so the first requests see what is known."""
-        await self._round()
+        try:
+            await self._round()
+        except Exception:
+            log.exception("first worker health round failed; the next rounds will retry")
         self._spawn(self._run())
 
     async def _run(self) -> None:

@@ -189,19 +189,23 @@ def _hit_the_rate_limit(live: Live) -> None:
 
 def _fill_the_queue(live: Live) -> None:
     """Two gateway processes, each with one request in flight on the worker and one place in
-    the queue: eight at once leave some refused (503 server_overloaded)."""
+    the queue: 24 at once, each generating 256 tokens (a few hundred ms here), leave some
+    refused (503 server_overloaded) however the kernel spreads them over the processes."""
 
     def one(_: int) -> int:
         try:
             live.client().completions.create(
-                model=live.queued_model, prompt="Once upon a time", max_tokens=64
+                model=live.queued_model,
+                prompt="Once upon a time",
+                max_tokens=256,
+                extra_body={"ignore_eos": True},
             )
         except openai.APIStatusError as exc:
             return exc.status_code
         return 200
 
-    with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(one, range(8)))
+    with ThreadPoolExecutor(24) as pool:
+        statuses = list(pool.map(one, range(24)))
     assert 200 in statuses
     assert 503 in statuses, statuses
 

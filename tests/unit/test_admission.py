@@ -194,3 +194,12 @@ async def test_a_worker_freed_right_as_the_head_of_the_queue_leaves_goes_to_the_
     assert (await staying) is busy
     assert busy.inflight == 1
     assert queue.size == 0
+
+
+async def test_retry_after_reads_only_the_recent_drain_rate() -> None:
+    queue = make_queue(cap=1, depth=1)
+    now = asyncio.get_running_loop().time()
+    queue._released.extend([now - 3600 + i for i in range(30)])  # a burst an hour ago
+    assert queue._retry_after() == 1  # says nothing about now
+    queue._released.extend([now - 1 + i / 10 for i in range(10)])  # ten a second, now
+    assert queue._retry_after() == 1

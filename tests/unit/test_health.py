@@ -103,3 +103,16 @@ async def test_ejection_can_be_switched_off() -> None:
     await asyncio.sleep(0.01)
     assert worker.takes_traffic(asyncio.get_running_loop().time())
     await health.aclose()
+
+
+async def test_a_crash_failing_many_requests_at_once_is_one_ejection() -> None:
+    health, worker, metrics = health_for(eject_after=3)
+    for _ in range(40):  # every in-flight request fails in the same loop pass
+        health.failed(worker, "failed")
+    await asyncio.sleep(0.01)
+    ejections = metrics.registry.get_sample_value(
+        "gateway_worker_ejections_total", {"model": "m", "worker": "w0"}
+    )
+    assert ejections == 1
+    assert worker.failures == 0  # failures while out of rotation are not held against it
+    await health.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 from gateway.logs import ACCESS_LOGGER, LogWriter
 
@@ -30,3 +31,19 @@ def test_every_queued_line_is_written_once_in_order_as_json() -> None:
         "logger": "gateway.health",
         "message": "worker w0 up",
     }
+
+
+class Broken(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError
+
+
+def test_the_writer_outlives_a_broken_stream_and_a_bad_log_call() -> None:
+    writer = LogWriter(Broken())
+    writer.access({"request_id": "1"})
+    time.sleep(0.1)  # its write fails first, in a batch of its own
+    bad = logging.LogRecord("x", logging.INFO, "", 0, "%d", ("not a number",), None)
+    writer.queue.put(bad)
+    writer.access({"request_id": "2"})
+    writer.stop()
+    assert writer.lost == 3  # the lines after the failed write were still taken and tried
