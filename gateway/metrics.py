@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.errors import WORKER_FAULTS
 
@@ -213,9 +214,32 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         if MULTIPROC_ENV not in os.environ:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        forget_dead_processes(os.environ[MULTIPROC_ENV])
         merged = CollectorRegistry()
         MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return generate_latest(merged), CONTENT_TYPE_LATEST
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def forget_dead_processes(path: str) -> None:
+    """Drop the live gauges of gateway processes that died (uvicorn restarts a crashed one):
+    their last in-flight, queue and health values must stop counting. Counters stay."""
+    for name in os.listdir(path):
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is not None and not _alive(int(match.group(1))):
+            mark_process_dead(int(match.group(1)), path)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
