@@ -198,8 +198,9 @@ async def test_a_worker_freed_right_as_the_head_of_the_queue_leaves_goes_to_the_
 
 async def test_retry_after_reads_only_the_recent_drain_rate() -> None:
     queue = make_queue(cap=1, depth=1)
+    queue.size = 20  # as if 20 were waiting (only the count matters here)
     now = asyncio.get_running_loop().time()
-    queue._released.extend([now - 3600 + i for i in range(30)])  # a burst an hour ago
-    assert queue._retry_after() == 1  # says nothing about now
+    queue._released.extend([now - 3600 + i for i in range(30)])  # one a second, an hour ago
+    assert queue._retry_after() == 1  # says nothing about now (not 21 s at that old rate)
     queue._released.extend([now - 1 + i / 10 for i in range(10)])  # ten a second, now
-    assert queue._retry_after() == 1
+    assert queue._retry_after() == 3  # 21 / 10 a second (not 60 from the hour-long span)
