@@ -52,7 +52,7 @@ bench: venv tools
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy --strict gateway workers bench
+	$(VENV)/bin/mypy --strict gateway workers bench tests
 
 # Re-render compose.gpu.yml and deploy/prometheus/prometheus.yml from configs/models.yaml.
 compose: venv

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.models_config import load_models_config
+from gateway.config.models import load_models_config
 
 
 def build(worker_url: str) -> FastAPI:

@@ -24,7 +24,7 @@ import yaml
 
 from bench.procs import Service, free_port
 from bench.stats import percentile
-from gateway.models_config import parse_models_config
+from gateway.config.models import parse_models_config
 from workers.local import LocalWorkers
 
 MODEL = "mix"

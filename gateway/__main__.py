@@ -11,11 +11,11 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app
-from gateway.keys import key_entry_yaml, new_key
-from gateway.logs import LogWriter, configure_logging
-from gateway.metrics import multiprocess_metrics_dir
-from gateway.models_config import ConfigError
-from gateway.settings import Settings
+from gateway.config.errors import ConfigError
+from gateway.config.keys import key_entry_yaml, new_key
+from gateway.config.settings import Settings
+from gateway.observe.logs import LogWriter, configure_logging
+from gateway.observe.metrics import multiprocess_metrics_dir
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:

@@ -16,24 +16,29 @@ import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from gateway.admission import Dispatcher, QueueSettings
 from gateway.api import openai, ops
-from gateway.errors import install_handlers
-from gateway.keys import KeyStore
-from gateway.logs import AccessSink, configure_logging, logging_access
-from gateway.metrics import Metrics
-from gateway.middleware import RequestContext
-from gateway.models_config import ConfigError, ModelsConfig, load_models_config
-from gateway.placement import placement_errors
-from gateway.ratelimit import Limiter, LocalBuckets, RedisBuckets
+from gateway.api.handlers import install_handlers
+from gateway.api.middleware import HotRoute, RequestContext
+from gateway.config.errors import ConfigError
+from gateway.config.keys import KeyStore
+from gateway.config.models import ModelsConfig, load_models_config
+from gateway.config.placement import placement_errors
+from gateway.config.settings import Settings
+from gateway.limits.buckets import LocalBuckets
+from gateway.limits.limiter import Limiter
+from gateway.limits.redis_buckets import RedisBuckets
+from gateway.observe.logs import AccessSink, configure_logging, logging_access
+from gateway.observe.metrics import Metrics
+from gateway.observe.tracing import Tracing
+from gateway.relay.relay import Deadlines
+from gateway.relay.upstream import RetryPolicy, Upstream
+from gateway.request import Endpoint
+from gateway.routing.admission import Dispatcher, QueueSettings
 from gateway.routing.ejections import Backoff, Ejections, LocalEjections, RedisEjections
 from gateway.routing.health import Health, HealthSettings
+from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
-from gateway.settings import Settings
 from gateway.state import AppState
-from gateway.tracing import Tracing
-from gateway.upstream import Upstream
-from gateway.validation import Endpoint
 
 
 def models_payload(config: ModelsConfig) -> bytes:
@@ -61,13 +66,13 @@ def _key_store(settings: Settings) -> KeyStore | None:
 
 
 def _limiter(settings: Settings, metrics: Metrics) -> Limiter:
-    redis = None
+    shared = None
     if settings.redis_url:
         lease_ttl = settings.total_timeout + 30  # no request outlives the total timeout
-        redis = RedisBuckets(settings.redis_url, settings.redis_timeout, lease_ttl)
+        shared = RedisBuckets(settings.redis_url, settings.redis_timeout, lease_ttl)
     return Limiter(
-        redis,
-        LocalBuckets(settings.redis_fail_open_share if redis else 1.0),
+        shared,
+        LocalBuckets(settings.redis_fail_open_share if shared else 1.0),
         metrics,
         fail_open=settings.redis_fail_open,
     )
@@ -84,27 +89,76 @@ def _ejections(settings: Settings) -> Ejections:
     )
 
 
+def _upstream(settings: Settings) -> Upstream:
+    retry = RetryPolicy(settings.retry_attempts, settings.retry_budget)
+    return Upstream(settings.connect_timeout, settings.max_upstream_connections, retry)
+
+
+async def _build_state(
+    settings: Settings, models: ModelsConfig, keys: KeyStore | None, metrics: Metrics
+) -> AppState:
+    """Every long-lived part, wired once; the worker health is known before it returns."""
+    registry = Registry(models, settings.worker_url_template, settings.max_inflight_per_worker)
+    health_settings = HealthSettings(
+        settings.health_interval, settings.health_timeout, settings.eject_after_failures
+    )
+    queue_settings = QueueSettings(
+        settings.queue_depth, settings.queue_timeout, health_settings.stale_after
+    )
+    dispatcher = Dispatcher(registry, queue_settings, metrics)
+    probe = HttpProbe()
+    health = Health(
+        registry, probe, _ejections(settings), health_settings, metrics, dispatcher.wake
+    )
+    state = AppState(
+        settings=settings,
+        config=models,
+        registry=registry,
+        upstream=_upstream(settings),
+        probe=probe,
+        deadlines=Deadlines(
+            settings.first_byte_timeout, settings.idle_timeout, settings.total_timeout
+        ),
+        metrics=metrics,
+        keys=keys,
+        limiter=_limiter(settings, metrics),
+        health=health,
+        dispatcher=dispatcher,
+        models_body=models_payload(models),
+    )
+    await health.start()  # what is known of the workers, before the first request
+    return state
+
+
+async def _close_state(state: AppState) -> None:
+    await state.health.aclose()
+    await state.limiter.aclose()
+    await state.upstream.aclose()
+    await state.probe.aclose()
+
+
 class GatewayApp(FastAPI):
     """FastAPI with RequestContext outermost, where it can dispatch the hot path directly."""
 
     def __init__(
         self,
         metrics: Metrics,
-        hot_routes: Mapping[str, ASGIApp],
+        hot_routes: Mapping[str, HotRoute],
+        tracing: Tracing | None,
         access: AccessSink | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._metrics = metrics
-        self._hot_routes = hot_routes
-        self._access = access
+        self._context = (metrics, hot_routes, tracing, access)
 
     def build_middleware_stack(self) -> ASGIApp:
+        metrics, hot_routes, tracing, access = self._context
         return RequestContext(
             super().build_middleware_stack(),
-            self._metrics,
-            self._hot_routes,
-            access=self._access,
+            metrics,
+            hot_routes,
+            tracing=tracing,
+            access=access,
         )
 
 
@@ -122,80 +176,48 @@ def create_app(
     if problems := placement_errors(models):
         source = settings.config if config is None else "models config"
         raise ConfigError(f"{source}: invalid worker placement\n  " + "\n  ".join(problems))
-    keys = _key_store(settings)
+    keys = _key_store(settings)  # a missing or broken keys file fails here, before serving
     metrics = Metrics()
     metrics.prepare(
         {m.name: [w.name for w in m.workers] for m in models.models},
-        [endpoint.value for endpoint in Endpoint],
+        [endpoint.path for endpoint in Endpoint],
     )
     if tracing is None and settings.otlp_endpoint:
         tracing = Tracing.to_otlp(settings.otlp_endpoint)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upstream = Upstream(settings)
-        limiter = _limiter(settings, metrics)
-        registry = Registry(models, settings.worker_url_template, settings.max_inflight_per_worker)
-        health_settings = HealthSettings(
-            settings.health_interval, settings.health_timeout, settings.eject_after_failures
-        )
-        dispatcher = Dispatcher(
-            registry,
-            QueueSettings(
-                settings.queue_depth, settings.queue_timeout, health_settings.stale_after
-            ),
-            metrics,
-        )
-        health = Health(
-            registry, upstream, _ejections(settings), health_settings, metrics, dispatcher.wake
-        )
-        app.state.gateway = AppState(
-            settings=settings,
-            config=models,
-            registry=registry,
-            upstream=upstream,
-            metrics=metrics,
-            keys=keys,
-            limiter=limiter,
-            health=health,
-            dispatcher=dispatcher,
-            tracing=tracing,
-            models_body=models_payload(models),
-        )
-        await health.start()  # what is known of the workers, before the first request
+        state = app.state.gateway = await _build_state(settings, models, keys, metrics)
         # Startup objects live as long as the process: keep them out of the cyclic GC's scans
         # (bench: full collections paused the loop ~46 ms, about once a second under load).
         gc.collect()
         gc.freeze()
         watcher = None
-        if keys is not None:
-            watcher = asyncio.create_task(keys.watch(settings.keys_reload_interval))
+        if state.keys is not None:
+            watcher = asyncio.create_task(state.keys.watch(settings.keys_reload_interval))
         try:
             yield
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await health.aclose()
-            await limiter.aclose()
+            await _close_state(state)
             if tracing is not None:
                 tracing.shutdown()  # exports what is buffered
-            await upstream.aclose()
 
-    hot_routes = openai.completion_routes()
     app = GatewayApp(
         metrics,
-        hot_routes,
+        openai.completion_routes(),
+        tracing,
         access if settings.access_log else None,
         title="LLM gateway",
         lifespan=lifespan,
         # FastAPI's own OpenTelemetry instrumentation: off. The gateway makes its one span per
-        # request itself (gateway/tracing.py), and the check costs every request.
+        # request itself (gateway/observe/tracing.py), and the check costs every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
-    openai.add_completion_routes(app, hot_routes)
     app.include_router(openai.router)
     app.include_router(ops.router)
     install_handlers(app)

@@ -1,19 +1,23 @@
-"""AppState: everything a request needs, built once per app in the lifespan (no globals)."""
+"""AppState: everything a request needs, built once per app in the lifespan (no globals).
+
+The top of the import graph: only the API layer and the app factory read it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.admission import Dispatcher
-from gateway.keys import KeyStore
-from gateway.metrics import Metrics
-from gateway.models_config import ModelsConfig
-from gateway.ratelimit import Limiter
+from gateway.config.keys import KeyStore
+from gateway.config.models import ModelsConfig
+from gateway.config.settings import Settings
+from gateway.limits.limiter import Limiter
+from gateway.observe.metrics import Metrics
+from gateway.relay.relay import Deadlines
+from gateway.relay.upstream import Upstream
+from gateway.routing.admission import Dispatcher
 from gateway.routing.health import Health
+from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
-from gateway.settings import Settings
-from gateway.tracing import Tracing
-from gateway.upstream import Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +25,12 @@ class AppState:
     settings: Settings
     config: ModelsConfig
     registry: Registry
-    upstream: Upstream
+    upstream: Upstream  # relayed requests (aiohttp)
+    probe: HttpProbe  # health probes and /ready checks (httpx)
+    deadlines: Deadlines
     metrics: Metrics
     keys: KeyStore | None  # None: auth switched off
     limiter: Limiter
     health: Health
     dispatcher: Dispatcher
-    tracing: Tracing | None  # None: tracing off
     models_body: bytes  # GET /v1/models, rendered once

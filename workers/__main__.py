@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.models_config import ConfigError, load_models_config
+from gateway.config.errors import ConfigError
+from gateway.config.models import load_models_config
 from workers.cpu_plan import DEFAULT_CACHE_DIR, DEFAULT_VENV, REPO_ROOT
 from workers.deploy_cli import add_deploy_commands
 from workers.local import LocalWorkers, WorkerStartError, log_tail

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.models_config import ModelConfig, ModelsConfig, WorkerConfig
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 from workers.flags import vllm_flags
 from workers.versions import ImageVersions
 

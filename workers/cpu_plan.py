@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.models_config import ModelConfig, ModelsConfig, WorkerConfig
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 from workers.flags import vllm_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.models_config import load_models_config
-from gateway.placement import placement_errors
+from gateway.config.models import load_models_config
+from gateway.config.placement import placement_errors
 from workers.compose import compose_errors
 from workers.cpu_plan import REPO_ROOT
 from workers.render import RERENDER, Deployment, render_all, stale_files

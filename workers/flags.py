@@ -5,7 +5,7 @@ The one place that knows vLLM's flag names: the CPU launcher and the compose ren
 
 from __future__ import annotations
 
-from gateway.models_config import ModelConfig, WorkerConfig
+from gateway.config.models import ModelConfig, WorkerConfig
 
 
 def vllm_flags(

@@ -18,7 +18,7 @@ from types import TracebackType
 
 import httpx
 
-from gateway.models_config import ModelsConfig, WorkerConfig
+from gateway.config.models import ModelsConfig, WorkerConfig
 from workers.cpu_plan import (
     DEFAULT_CACHE_DIR,
     DEFAULT_VENV,
@@ -140,9 +140,6 @@ class LocalWorkers:
     def base_url(self, worker_name: str) -> str:
         """`http://host:port` of a launched worker (append /v1 for the OpenAI API)."""
         return self._launches[worker_name].base_url
-
-    def base_urls(self) -> dict[str, str]:
-        return {name: launch.base_url for name, launch in self._launches.items()}
 
     def attached_config(self) -> ModelsConfig:
         """The same config with each launched worker turned into an attached `url:` worker.

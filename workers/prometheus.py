@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.models_config import ModelConfig, ModelsConfig, WorkerConfig
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 from workers.compose import DCGM_EXPORTER_PORT, GATEWAY_PORT
 
 # Relative paths are resolved from the config file's directory: deploy/prometheus here, and

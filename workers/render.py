@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from gateway.models_config import ConfigError, ModelsConfig, load_models_config
-from gateway.placement import placement_errors
+from gateway.config.errors import ConfigError
+from gateway.config.models import ModelsConfig, load_models_config
+from gateway.config.placement import placement_errors
 from workers.alerts import alerts_document
 from workers.compose import CONFIG_DIR_IN_CONTAINER, compose_document, compose_errors
 from workers.cpu_plan import REPO_ROOT

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from gateway.models_config import ConfigError
+from gateway.config.errors import ConfigError
 
 VERSIONS_FILE = Path(__file__).resolve().parents[1] / "deploy" / "versions.yaml"
 

@@ -63,9 +63,9 @@ async def ready(state: State) -> Response:
 
 
 async def _probe_now(state: AppState, worker: Worker, now: float, seconds: float) -> bool:
-    return now >= worker.ejected_until and await state.upstream.probe(
-        worker.url + "/health", seconds
-    )
+    if now < worker.ejected_until:
+        return False
+    return await state.probe.fetch(worker.url + "/health", seconds) is not None
 
 
 @router.get("/metrics", response_model=None)

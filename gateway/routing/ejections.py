@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -23,6 +24,19 @@ class Backoff:
     base: float  # seconds of the first ejection
     max: float  # cap of the doubling
     reset: float  # seconds without an ejection after which the count starts again
+
+
+class Ejections(Protocol):
+    async def eject(self, worker_id: str) -> float:
+        """Eject the worker (unless it already is) and return the seconds its window has left:
+        the base window, doubled for each ejection in a row, up to the max."""
+        ...
+
+    async def remaining(self, worker_ids: Sequence[str]) -> list[float]:
+        """Seconds of ejection left for each worker (0: not ejected)."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class LocalEjections:
@@ -108,6 +122,3 @@ class RedisEjections:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
-
-
-Ejections = LocalEjections | RedisEjections

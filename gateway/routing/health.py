@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
-from gateway.metrics import Metrics
+from gateway.observe.metrics import Metrics
 from gateway.routing.ejections import Ejections
+from gateway.routing.probe import Probe
 from gateway.routing.registry import ModelRoute, Registry, Worker
-from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.health")
 
@@ -72,14 +72,14 @@ class Health:
     def __init__(  # noqa: PLR0917 (each part is distinct and named at the one call site)
         self,
         registry: Registry,
-        upstream: Upstream,
+        probe: Probe,
         ejections: Ejections,
         settings: HealthSettings,
         metrics: Metrics,
         on_change: Callable[[ModelRoute], None],
     ) -> None:
         self._registry = registry
-        self._upstream = upstream
+        self._prober = probe
         self._ejections = ejections
         self.settings = settings
         self._metrics = metrics
@@ -161,8 +161,8 @@ class Health:
     async def _probe(self, worker: Worker) -> None:
         timeout = self.settings.timeout
         health, metrics = await asyncio.gather(
-            self._upstream.fetch(worker.url + "/health", timeout),
-            self._upstream.fetch(worker.url + "/metrics", timeout),
+            self._prober.fetch(worker.url + "/health", timeout),
+            self._prober.fetch(worker.url + "/metrics", timeout),
         )
         now = self._loop.time()
         if metrics is not None:

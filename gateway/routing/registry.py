@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.models_config import ModelsConfig, WorkerConfig
+from gateway.config.models import ModelsConfig, WorkerConfig
 
 
 @dataclass(eq=False, slots=True)

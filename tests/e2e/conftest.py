@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import redis
 import yaml
 
-from gateway.keys import hash_key, new_key
-from gateway.models_config import ModelsConfig, load_models_config
+from gateway.config.keys import hash_key, new_key
+from gateway.config.models import ModelsConfig, load_models_config
 from tests.procs import ROOT, Proc, free_port, start_gateway
+from tests.redis_dbs import RedisDBs
 from workers.local import LocalWorkers
 
 TPM_LIMIT = 1500
@@ -73,10 +73,10 @@ def _warm_up(engines: LocalWorkers, config: ModelsConfig) -> None:
 
 
 @pytest.fixture(scope="session")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+def real(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDBs) -> Iterator[RealStack]:
     config = load_models_config(ROOT / "configs" / "models.yaml")
     ports = {w.name: free_port() for m in config.models for w in m.workers if w.launched}
-    with LocalWorkers(config, ports=ports) as engines:
+    with LocalWorkers(config, ports=ports) as engines, redis_dbs.take() as redis_url:
         _warm_up(engines, config)
         attached = engines.attached_config()
         text = yaml.safe_dump(attached.model_dump(mode="json", exclude_none=True))
@@ -90,9 +90,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
         env = {
             "GATEWAY_AUTH_ENABLED": "true",
             "GATEWAY_KEYS_FILE": str(tmp / "keys.yaml"),
-            "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/12",
+            "GATEWAY_REDIS_URL": redis_url,
         }
-        redis.Redis.from_url(env["GATEWAY_REDIS_URL"]).flushdb()
         proc, url = start_gateway(tmp, text, env)
         try:
             yield RealStack(url, config, engines, proc, key, tpm_key)

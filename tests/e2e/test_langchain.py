@@ -13,10 +13,10 @@ pytestmark = pytest.mark.e2e
 def chat(real: RealStack, model: str) -> ChatOpenAI:
     return ChatOpenAI(
         base_url=real.gateway + "/v1",
-        api_key=real.key,  # type: ignore[arg-type]
+        api_key=real.key,
         model=model,
         max_tokens=6,
-        max_retries=0,  # type: ignore[call-arg]
+        max_retries=0,
     )
 
 

@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.keys import hash_key, new_key
-from gateway.models_config import ModelConfig, ModelsConfig, WorkerConfig
+from gateway.config.keys import hash_key, new_key
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 from tests.e2e.conftest import RealStack
 from tests.procs import ROOT, Proc, free_port, start_fake, start_gateway, start_serving
 from tests.prometheus_server import PrometheusServer
@@ -44,11 +44,10 @@ from workers.prometheus import Scrape, prometheus_document
 from workers.render import ALERTS_FILE
 
 pytestmark = pytest.mark.e2e
-REDIS_URL = "redis://127.0.0.1:6379/15"
 # Longer than the whole test, so every rate() sees all of its traffic.
 WINDOW = "5m"
 GPU_USED_MIB = (73_000, 79_000)  # of 81,559: 89.5% (vLLM's usual) and 96.9% (GPUMemoryHigh)
-CHAT = [{"role": "user", "content": "Say something."}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 
 
 @dataclass
@@ -108,7 +107,9 @@ def _start_prometheus(tmp: Path, models: ModelsConfig, gateway: str, dcgm: str) 
 
 
 @pytest.fixture(scope="module")
-def live(real: RealStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(
+    real: RealStack, tmp_path_factory: pytest.TempPathFactory, module_redis_url: str
+) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("monitoring")
     key, limited_key = new_key(), new_key()
     (tmp / "keys.yaml").write_text(
@@ -117,7 +118,6 @@ def live(real: RealStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         f"  - {{name: live, sha256: {hash_key(key)}, tpm: 100000000}}\n"
         f"  - {{name: live-limited, sha256: {hash_key(limited_key)}, rpm: 1}}\n"
     )
-    redis.Redis.from_url(REDIS_URL).flushdb()
     procs: list[Proc] = []
     prometheus = None
     try:
@@ -132,7 +132,7 @@ def live(real: RealStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         env = {
             "GATEWAY_AUTH_ENABLED": "true",
             "GATEWAY_KEYS_FILE": str(tmp / "keys.yaml"),
-            "GATEWAY_REDIS_URL": REDIS_URL,
+            "GATEWAY_REDIS_URL": module_redis_url,
             "GATEWAY_PROCESSES": "2",  # prometheus-client's multi-process mode, as in compose
             "GATEWAY_QUEUE_DEPTH": "1",
         }

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.e2e.conftest import RealStack
 
 pytestmark = pytest.mark.e2e
-CHAT = [{"role": "user", "content": "Say something."}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something."}]
 
 
 def client(real: RealStack) -> openai.OpenAI:
@@ -24,7 +25,7 @@ def test_each_model_is_answered_by_its_own_engine(real: RealStack) -> None:
         reply = client(real).chat.completions.create(
             model=name,
             messages=CHAT,
-            max_tokens=8,  # type: ignore[arg-type]
+            max_tokens=8,
         )
         assert reply.model == name  # vLLM answers with its --served-model-name
         assert reply.choices[0].message.role == "assistant"
@@ -39,7 +40,7 @@ def test_sync_chat_stream_ends_with_usage_when_asked(real: RealStack) -> None:
             model=name,
             messages=CHAT,
             max_tokens=6,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -72,14 +73,14 @@ async def test_async_chat_and_completions_plain_and_streaming(real: RealStack) -
         reply = await sdk.chat.completions.create(
             model=name,
             messages=CHAT,
-            max_tokens=4,  # type: ignore[arg-type]
+            max_tokens=4,
         )
         assert reply.model == name
         stream = await sdk.chat.completions.create(
             model=name,
             messages=CHAT,
             max_tokens=4,
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
         finishes = [c.choices[0].finish_reason async for c in stream if c.choices]
         assert finishes[-1] in {"length", "stop"}
@@ -97,7 +98,7 @@ async def test_async_chat_and_completions_plain_and_streaming(real: RealStack) -
 
 def test_unknown_model_raises_not_found(real: RealStack) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client(real).chat.completions.create(model="gpt-4", messages=CHAT)  # type: ignore[arg-type]
+        client(real).chat.completions.create(model="gpt-4", messages=CHAT)
     assert caught.value.code == "model_not_found"
 
 
@@ -110,7 +111,7 @@ def test_vllm_rejection_keeps_its_status_and_message(real: RealStack) -> None:
         client(real).chat.completions.create(
             model=real.model_names[0],
             messages=CHAT,
-            max_tokens=1_000_000,  # type: ignore[arg-type]
+            max_tokens=1_000_000,
         )
     assert "max_tokens" in caught.value.message or "maximum context length" in caught.value.message
 
@@ -119,7 +120,7 @@ def test_vllm_extra_fields_reach_the_engine(real: RealStack) -> None:
     reply = client(real).chat.completions.create(
         model=real.model_names[0],
         messages=CHAT,
-        max_tokens=5,  # type: ignore[arg-type]
+        max_tokens=5,
         extra_body={"structured_outputs": {"choice": ["red", "blue"]}, "top_k": 5},
     )
     assert reply.choices[0].message.content in {"red", "blue"}

@@ -14,8 +14,9 @@ import httpx
 import orjson
 import pytest
 
-from gateway.accounting import reserve_tokens
-from gateway.validation import Endpoint, parse_request
+from gateway.api.validation import parse_request
+from gateway.limits.reserve import reserve_tokens
+from gateway.request import Endpoint
 from tests.e2e.conftest import TPM_LIMIT, RealStack
 
 pytestmark = pytest.mark.e2e

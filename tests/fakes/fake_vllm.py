@@ -131,7 +131,7 @@ class FakeVLLM:
         if self.control.delay:
             await _wait_or_peer_gone(reader, self.control.delay)
         if "status" in script or self.control.status:
-            status = script.get("status") or self.control.status
+            status = int(script.get("status") or self.control.status or 500)
             err = {
                 "error": {
                     "message": f"fake error {status}",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.keys import hash_key, new_key
+from gateway.config.keys import hash_key, new_key
 from tests.procs import one_worker_models, start_fake, start_gateway
 
 PROMPT_MARK = "prompt-secret-7f3a"
@@ -26,14 +27,14 @@ def test_one_json_line_per_request_and_no_content_or_key_in_the_log(tmp_path: Pa
     gateway, url = start_gateway(tmp_path, one_worker_models(fake_url), env)
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-        messages = [{"role": "user", "content": PROMPT_MARK}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT_MARK}]
         script = {"fake": {"text": COMPLETION_MARK, "chunks": 2}}
-        client.chat.completions.create(model="fake-a", messages=messages, extra_body=script)  # type: ignore[arg-type]
+        client.chat.completions.create(model="fake-a", messages=messages, extra_body=script)
         stream = client.chat.completions.create(
             model="fake-a",
             messages=messages,
             stream=True,
-            extra_body=script,  # type: ignore[arg-type]
+            extra_body=script,
         )
         assert COMPLETION_MARK in "".join(c.choices[0].delta.content or "" for c in stream)
         bad = httpx.post(

@@ -11,11 +11,12 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.keys import hash_key, new_key
+from gateway.config.keys import hash_key, new_key
 from tests.procs import start_fake, start_gateway
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @dataclass
@@ -73,7 +74,7 @@ def sdk(stack: AuthStack, key: str) -> openai.OpenAI:
 
 
 def test_valid_key_is_served(stack: AuthStack) -> None:
-    reply = sdk(stack, stack.full).chat.completions.create(model="fake-b", messages=CHAT)  # type: ignore[arg-type]
+    reply = sdk(stack, stack.full).chat.completions.create(model="fake-b", messages=CHAT)
     assert reply.choices[0].message.content == "hello"
 
 
@@ -92,13 +93,13 @@ def test_missing_or_unknown_key_is_401(stack: AuthStack, header: str | None) -> 
 
 def test_sdk_raises_authentication_error(stack: AuthStack) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
-        sdk(stack, "sk-gw-not-a-key").chat.completions.create(model="fake-a", messages=CHAT)  # type: ignore[arg-type]
+        sdk(stack, "sk-gw-not-a-key").chat.completions.create(model="fake-a", messages=CHAT)
     assert caught.value.code == "invalid_api_key"
 
 
 def test_model_the_key_may_not_use_is_not_found(stack: AuthStack) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        sdk(stack, stack.narrow).chat.completions.create(model="fake-b", messages=CHAT)  # type: ignore[arg-type]
+        sdk(stack, stack.narrow).chat.completions.create(model="fake-b", messages=CHAT)
     assert caught.value.code == "model_not_found"
 
 

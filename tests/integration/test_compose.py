@@ -150,7 +150,8 @@ def test_image_install_step_builds_the_gateway_from_the_copied_files_alone(tmp_p
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         archive.extractall(site)
-    assert {"gateway/__main__.py", "gateway/limits.lua", "gateway/settle.lua"} <= set(names)
+    scripts = {"gateway/limits/admit.lua", "gateway/limits/settle.lua", "gateway/routing/eject.lua"}
+    assert {"gateway/__main__.py", *scripts} <= set(names)
     assert not [name for name in names if name.startswith(("workers/", "tests/", "bench/"))]
 
     # Import the installed gateway with the repository's other packages and the dev-only
@@ -164,7 +165,7 @@ def test_image_install_step_builds_the_gateway_from_the_copied_files_alone(tmp_p
         f"sys.modules.update(dict.fromkeys({dev_only!r}))\n"
         "import gateway, gateway.__main__\n"
         "from gateway.app import create_app\n"
-        "from gateway.settings import Settings\n"
+        "from gateway.config.settings import Settings\n"
         f"create_app(Settings(config={str(models)!r}, auth_enabled=False))\n"
         "print(gateway.__file__)\n"
     )

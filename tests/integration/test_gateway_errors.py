@@ -5,10 +5,11 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import FakeStack
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def post(stack: FakeStack, body: object, path: str = "/v1/chat/completions") -> httpx.Response:
@@ -29,7 +30,7 @@ def sdk(stack: FakeStack) -> openai.OpenAI:
 
 def test_unknown_model_raises_not_found_with_code(strict: FakeStack) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        sdk(strict).chat.completions.create(model="no-such-model", messages=CHAT)  # type: ignore[arg-type]
+        sdk(strict).chat.completions.create(model="no-such-model", messages=CHAT)
     assert caught.value.code == "model_not_found"
     assert caught.value.param == "model"
 
@@ -102,7 +103,7 @@ def test_worker_4xx_reaches_client_with_status_and_message(strict: FakeStack) ->
         sdk(strict).chat.completions.create(
             model="fake-a",
             messages=CHAT,
-            extra_body={"fake": {"status": 400}},  # type: ignore[arg-type]
+            extra_body={"fake": {"status": 400}},
         )
     assert "fake error 400" in caught.value.message
     response = post(strict, {"model": "fake-a", "messages": CHAT, "fake": {"status": 422}})

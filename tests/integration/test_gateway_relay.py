@@ -6,10 +6,11 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import FakeStack
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def stream_events(stack: FakeStack, body: dict[str, object]) -> list[bytes]:
@@ -43,11 +44,11 @@ def test_request_id_is_forwarded_and_returned(strict: FakeStack) -> None:
         strict.gateway + "/v1/chat/completions", json=body, headers={"x-request-id": "client-id-42"}
     )
     assert given.headers["x-request-id"] == "client-id-42"
-    assert strict.stats()["last_headers"]["x-request-id"] == "client-id-42"  # type: ignore[index]
+    assert strict.stats()["last_headers"]["x-request-id"] == "client-id-42"
     fresh = httpx.post(strict.gateway + "/v1/chat/completions", json=body)
     generated = fresh.headers["x-request-id"]
     assert len(generated) == 32
-    assert strict.stats()["last_headers"]["x-request-id"] == generated  # type: ignore[index]
+    assert strict.stats()["last_headers"]["x-request-id"] == generated
 
 
 def test_clients_authorization_header_is_not_forwarded(strict: FakeStack) -> None:
@@ -57,7 +58,7 @@ def test_clients_authorization_header_is_not_forwarded(strict: FakeStack) -> Non
         json=body,
         headers={"authorization": "Bearer sk-secret"},
     )
-    assert "authorization" not in strict.stats()["last_headers"]  # type: ignore[operator]
+    assert "authorization" not in strict.stats()["last_headers"]
 
 
 def test_stream_relays_events_in_order_and_ends_with_done(strict: FakeStack) -> None:
@@ -120,7 +121,7 @@ def test_sdk_raises_on_the_error_event_instead_of_ending_silently(strict: FakeSt
     stream = client.chat.completions.create(
         model="fake-a",
         messages=CHAT,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
         extra_body={"fake": {"cut_after": 2}},
     )
     received = []

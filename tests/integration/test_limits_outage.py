@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.keys import hash_key, new_key
+from gateway.config.keys import hash_key, new_key
 from tests.procs import Proc, one_worker_models, start_fake, start_gateway
 from tests.redis_server import RedisServer
 

@@ -16,15 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import yaml
 
-from gateway.accounting import reserve_tokens
-from gateway.keys import hash_key, new_key
-from gateway.validation import Endpoint, parse_request
+from gateway.api.validation import parse_request
+from gateway.config.keys import hash_key, new_key
+from gateway.limits.reserve import reserve_tokens
+from gateway.request import Endpoint
 from tests.procs import Proc, one_worker_models, start_fake, start_gateway
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
 CHAT = [{"role": "user", "content": "hi"}]
 DURATION = re.compile(r"^(\d+ms|\d+s|\d+m\d+s)$")
 RPM, CONCURRENT, TPM = 10, 3, 1000
@@ -51,9 +50,8 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared(tmp_path_factory: pytest.TempPathFactory, module_redis_url: str) -> Iterator[Shared]:
     tmp = tmp_path_factory.mktemp("limits-redis")
-    redis.Redis.from_url(REDIS_URL).flushdb()
     keys = {name: new_key() for name in LIMITS}
     entries = [
         {"name": name, "sha256": hash_key(keys[name]), **limits} for name, limits in LIMITS.items()
@@ -65,7 +63,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     env = {
         "GATEWAY_AUTH_ENABLED": "true",
         "GATEWAY_KEYS_FILE": str(keys_file),
-        "GATEWAY_REDIS_URL": REDIS_URL,
+        "GATEWAY_REDIS_URL": module_redis_url,
         # generous: a slow Redis reply must not silently fall back to per-process limits
         "GATEWAY_REDIS_TIMEOUT": "2",
     }

@@ -243,7 +243,7 @@ async def test_queue_bound_holds_exactly_and_leavers_free_their_place(tmp_path: 
 
 
 async def test_one_key_flooding_the_queue_cannot_starve_another(tmp_path: Path) -> None:
-    from gateway.keys import hash_key, new_key
+    from gateway.config.keys import hash_key, new_key
 
     flood_key, other_key = new_key(), new_key()
     keys = tmp_path / "keys.yaml"
@@ -281,13 +281,11 @@ async def test_one_key_flooding_the_queue_cannot_starve_another(tmp_path: Path) 
 # --- replicas share what they know ----------------------------------------------------------
 
 
-def test_two_replicas_agree_on_an_ejection_through_redis(tmp_path: Path) -> None:
-    import redis
-
+def test_two_replicas_agree_on_an_ejection_through_redis(tmp_path: Path, redis_url: str) -> None:
     prefix = f"test-{free_port()}:"
     env = {
         **FAST_HEALTH,
-        "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/11",
+        "GATEWAY_REDIS_URL": redis_url,
         "GATEWAY_HEALTH_REDIS_PREFIX": prefix,
         "GATEWAY_EJECT_AFTER_FAILURES": "2",
         "GATEWAY_EJECT_BASE_SECONDS": "30",
@@ -312,7 +310,6 @@ def test_two_replicas_agree_on_an_ejection_through_redis(tmp_path: Path) -> None
         assert workers.requests(1) == 0  # the second replica never tried it
         with gateway(tmp_path, workers.models(), env) as newcomer:  # starts knowing it
             assert ready(newcomer)["models"]["m"] == ["w0"]
-    redis.Redis.from_url("redis://127.0.0.1:6379/11").flushdb()
 
 
 # --- retries ------------------------------------------------------------------------------

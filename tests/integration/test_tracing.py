@@ -12,16 +12,17 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_app
-from gateway.models_config import parse_models_config
-from gateway.settings import Settings
-from gateway.tracing import Tracing
+from gateway.config.models import parse_models_config
+from gateway.config.settings import Settings
+from gateway.observe.tracing import Tracing
 from tests.procs import free_port, one_worker_models, start_fake
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_PARENT = "b7ad6b7169203331"
 
@@ -55,7 +56,7 @@ async def test_each_request_is_one_genai_span_and_its_traceparent_reaches_the_wo
         model="fake-a",
         messages=CHAT,
         max_tokens=7,
-        temperature=0.5,  # type: ignore[arg-type]
+        temperature=0.5,
     )
     (span,) = exporter.get_finished_spans()
     attributes = dict(span.attributes or {})
@@ -96,7 +97,9 @@ async def test_span_continues_the_clients_trace_and_counts_streamed_usage(
     assert span.parent is not None
     assert f"{span.parent.span_id:016x}" == CLIENT_PARENT
     assert attributes["gen_ai.usage.output_tokens"] == 3  # from the usage chunk vLLM was asked for
-    assert attributes["gen_ai.response.time_to_first_chunk"] > 0
+    ttft = attributes["gen_ai.response.time_to_first_chunk"]
+    assert isinstance(ttft, float)
+    assert ttft > 0
 
 
 async def test_refused_requests_are_spans_with_their_error(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.accounting import body_asking_usage
-from gateway.validation import Endpoint, parse_request
+from gateway.api.validation import parse_request
+from gateway.relay.usage import body_asking_usage
+from gateway.request import Endpoint
 
 
 @pytest.mark.parametrize(

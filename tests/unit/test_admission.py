@@ -8,9 +8,9 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.admission import ModelQueue, QueueSettings
 from gateway.errors import NoHealthyBackend, ServerOverloaded
-from gateway.metrics import Metrics
+from gateway.observe.metrics import Metrics
+from gateway.routing.admission import ModelQueue, QueueSettings
 from gateway.routing.registry import ModelRoute, Worker
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.deadline import MovingDeadline
+from gateway.relay.deadline import MovingDeadline
 
 
 async def test_fires_once_the_deadline_passes() -> None:

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from gateway.metrics import Metrics
-from gateway.models_config import parse_models_config
+from gateway.config.models import parse_models_config
+from gateway.observe.metrics import Metrics
 from gateway.routing.ejections import Backoff, LocalEjections
 from gateway.routing.health import Health, HealthSettings, saturation_from_metrics
 from gateway.routing.registry import Registry, Worker
@@ -49,7 +49,7 @@ async def test_ejection_doubles_on_repeat_up_to_the_cap_and_is_forgotten_later()
     assert (await ejections.remaining(["m/w", "m/other"]))[1] == 0
 
 
-class NoUpstream:
+class NoProbe:
     async def fetch(self, url: str, seconds: float) -> bytes | None:
         raise AssertionError("no probes in this test")
 
@@ -62,7 +62,7 @@ def health_for(eject_after: int) -> tuple[Health, Worker, Metrics]:
     metrics = Metrics()
     health = Health(
         registry,
-        NoUpstream(),  # type: ignore[arg-type]
+        NoProbe(),
         LocalEjections(Backoff(5.0, 60.0, 120.0)),
         HealthSettings(interval=0, timeout=1.0, eject_after=eject_after),
         metrics,

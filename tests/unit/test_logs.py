@@ -8,7 +8,7 @@ import json
 import logging
 import time
 
-from gateway.logs import ACCESS_LOGGER, LogWriter
+from gateway.observe.logs import ACCESS_LOGGER, LogWriter
 
 
 def test_every_queued_line_is_written_once_in_order_as_json() -> None:

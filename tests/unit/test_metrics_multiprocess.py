@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.metrics import forget_dead_processes
+from gateway.observe.metrics import forget_dead_processes
 
 
 def test_live_gauges_of_dead_processes_are_dropped_and_counters_kept(tmp_path: Path) -> None:

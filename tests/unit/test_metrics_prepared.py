@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.metrics import Metrics
+from gateway.observe.metrics import Metrics
 
 
 def test_every_model_and_worker_series_exists_before_any_traffic() -> None:

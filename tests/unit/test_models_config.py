@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.models_config import ConfigError, load_models_config, parse_models_config
+from gateway.config.errors import ConfigError
+from gateway.config.models import load_models_config, parse_models_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

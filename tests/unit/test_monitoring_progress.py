@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.models_config import parse_models_config
+from gateway.config.models import parse_models_config
 from workers import local, progress
 from workers.cpu_plan import plan_launches
 from workers.local import LocalWorkers

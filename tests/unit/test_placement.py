@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.app import create_app
-from gateway.models_config import ConfigError, parse_models_config
-from gateway.placement import placement_errors
-from gateway.settings import Settings
+from gateway.config.errors import ConfigError
+from gateway.config.models import parse_models_config
+from gateway.config.placement import placement_errors
+from gateway.config.settings import Settings
 from workers.__main__ import main as workers_main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.models_config import ConfigError
+from gateway.config.errors import ConfigError
 from workers.__main__ import main as workers_main
 from workers.render import (
     ALERTS_FILE,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.__main__ import parse_args
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 
 
 def test_environment_sets_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:

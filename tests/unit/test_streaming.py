@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.streaming import SSEFramer, leading_error
+from gateway.relay.sse import SSEFramer, leading_error
 
 EVENTS = [b'data: {"a":1}\n\n', b'data: {"b":2}\n\n', b"data: [DONE]\n\n"]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.api.validation import parse_request
 from gateway.errors import InvalidJSON, InvalidRequest, MissingParameter
-from gateway.validation import Endpoint, parse_request
+from gateway.request import Endpoint
 
 
 def test_chat_view_keeps_the_original_bytes() -> None:

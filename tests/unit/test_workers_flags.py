@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.models_config import ModelsConfig, WorkerConfig, parse_models_config
+from gateway.config.models import ModelsConfig, WorkerConfig, parse_models_config
 from workers.cpu_plan import (
     SERVER_MODULE,
     cpu_bindings,

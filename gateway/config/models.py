@@ -11,11 +11,9 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config.errors import ConfigError
+
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
-
-
-class ConfigError(Exception):
-    """configs/models.yaml is missing, unparsable or invalid; the message names the field."""
 
 
 class WorkerConfig(BaseModel):

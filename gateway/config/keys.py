@@ -19,9 +19,9 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.models_config import ConfigError
+from gateway.config.errors import ConfigError
 
-log = logging.getLogger("gateway.keys")
+log = logging.getLogger("gateway.config.keys")
 KEY_PREFIX = "sk-gw-"
 
 

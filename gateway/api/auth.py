@@ -3,8 +3,8 @@ the exact set of open paths, and unknown paths answer 404 either way."""
 
 from __future__ import annotations
 
+from gateway.config.keys import KeyStore, Principal
 from gateway.errors import InvalidAPIKey
-from gateway.keys import KeyStore, Principal
 
 # Auth switched off (GATEWAY_AUTH_ENABLED=false): one caller, no limits.
 ANONYMOUS = Principal(name="anonymous", models=None, rpm=None, tpm=None, max_concurrent=None)

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gateway.errors import NoHealthyBackend, ServerOverloaded
-from gateway.metrics import Metrics
+from gateway.observe.metrics import Metrics
 from gateway.routing.policy import NoWorker, Preference, choose
 from gateway.routing.registry import ModelRoute, Registry, Worker
 

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.record import RequestRecord
+
 ACCESS_LOGGER = "gateway.access"
 AccessSink = Callable[[dict[str, Any]], None]
 
@@ -133,3 +135,26 @@ def logging_access(fields: dict[str, Any]) -> None:
     logger = logging.getLogger(ACCESS_LOGGER)
     if logger.isEnabledFor(logging.INFO):
         logger.info("access", extra={"fields": fields})
+
+
+def access_fields(record: RequestRecord) -> dict[str, Any]:
+    """The access line of a finished request: metadata only, never content or a key."""
+    fields: dict[str, Any] = {
+        "request_id": record.request_id,
+        "method": record.method,
+        "endpoint": record.endpoint,
+        "status": record.status,
+        "duration_ms": round(record.duration * 1000, 3),
+        "key": record.key,  # the key's name from the keys file, never the key
+        "model": record.model,
+    }
+    if record.relayed:
+        timing = record.timing
+        fields["worker"] = record.worker
+        fields["queue_ms"] = round(timing.queued * 1000, 3)
+        if timing.first_event is not None:
+            fields["ttft_ms"] = round((timing.first_event - timing.started) * 1000, 3)
+        if record.usage is not None:
+            fields["prompt_tokens"] = record.usage.prompt
+            fields["completion_tokens"] = record.usage.completion
+    return fields

@@ -8,17 +8,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.errors import WORKER_FAULTS
-
-if TYPE_CHECKING:
-    from gateway.accounting import Usage
-    from gateway.relay import Timing
+from gateway.record import RequestRecord
 
 # prometheus_client's multi-process mode: each process writes its samples to files in this
 # directory, and /metrics (in whichever process answers) sums them.
@@ -191,25 +187,30 @@ class Metrics:
                 for kind in WORKER_FAULTS:
                     self.upstream_errors.labels(model, worker, kind)
 
-    def observe_request(
-        self, model: str, endpoint: str, status: int, seconds: float, timing: Timing | None
-    ) -> None:
-        self.requests.labels(model, endpoint, str(status)).inc()
+    def observe(self, record: RequestRecord) -> None:
+        """Count a finished request: status and duration for every request; for one that was
+        relayed, the gateway's own overhead, stream timing, tokens and retries."""
+        model = record.model or "-"
+        endpoint = record.endpoint
+        seconds = record.duration
+        self.requests.labels(model, endpoint, str(record.status)).inc()
         self.duration.labels(model, endpoint).observe(seconds)
-        if timing is not None:
-            own = seconds - timing.queued - timing.upstream
-            self.overhead.labels(model, endpoint).observe(max(own, 0.0))
-
-    def observe_relay(self, model: str, timing: Timing, usage: Usage | None) -> None:
-        """A relayed request's stream timing and token usage."""
+        if not record.relayed:
+            return
+        timing = record.timing
+        own = seconds - timing.queued - timing.upstream
+        self.overhead.labels(model, endpoint).observe(max(own, 0.0))
         if timing.first_event is not None:
             self.ttft.labels(model).observe(timing.first_event - timing.started)
             if timing.events > 1:
                 gap = (timing.last_event - timing.first_event) / (timing.events - 1)
                 self.inter_token.labels(model).observe(gap)
+        usage = record.usage
         if usage is not None:
             self.prompt_tokens.labels(model).inc(usage.prompt)
             self.completion_tokens.labels(model).inc(usage.completion)
+        if record.retries:
+            self.upstream_retries.labels(model).inc(record.retries)
 
     def render(self) -> tuple[bytes, str]:
         if MULTIPROC_ENV not in os.environ:

@@ -1,5 +1,4 @@
-"""Token accounting: what a request reserves against a tokens-per-minute limit, and what vLLM
-reports it used (for the limits and the token counters).
+"""What vLLM reports a request used (for the limits and the token counters).
 
 Streams ask vLLM for its final usage chunk, spliced into the body without re-encoding it; the
 chunk is dropped again when the client did not ask for it.
@@ -7,33 +6,15 @@ chunk is dropped again when the client did not ask for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
 
-from gateway.validation import Endpoint, RequestView
+from gateway.record import Usage
+from gateway.request import RequestView
 
 _USAGE = b'"usage"'  # a key: inside generated text its quotes would be escaped
 # vLLM writes `"usage":null` on every chunk once usage is asked; only an object is the report.
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 _ASK_USAGE = b'{"stream_options":{"include_usage":true},'
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt: int
-    completion: int
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-def reserve_tokens(view: RequestView, default_chat_completion: int) -> int:
-    """Prompt estimate (4 bytes of body per token, an over-estimate for JSON) plus the
-    completion's cap: max_tokens, else vLLM's default of 16 for completions, else a cap."""
-    default = 16 if view.endpoint is Endpoint.COMPLETIONS else default_chat_completion
-    return len(view.body) // 4 + 1 + view.n * (view.max_tokens or default)
 
 
 def body_asking_usage(view: RequestView) -> bytes:

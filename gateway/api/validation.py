@@ -5,31 +5,12 @@ Everything else stays in the body bytes, which are forwarded to vLLM untouched (
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from gateway.errors import InvalidJSON, InvalidType, InvalidValue, MissingParameter
-
-
-class Endpoint(enum.Enum):
-    CHAT = "/v1/chat/completions"
-    COMPLETIONS = "/v1/completions"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    endpoint: Endpoint
-    model: str
-    stream: bool
-    body: bytes
-    doc: dict[str, Any]  # the parsed body, kept for the rare request the gateway must amend
-    max_tokens: int | None  # max_completion_tokens wins over max_tokens, as in vLLM
-    n: int
-    include_usage: bool  # the client asked for the usage chunk of a stream
-
+from gateway.request import Endpoint, RequestView
 
 _TYPE_NAMES = {
     bool: "a boolean",

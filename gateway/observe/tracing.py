@@ -7,20 +7,15 @@ Spans carry model names, token counts, timings and statuses: never a prompt or a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.validation import Endpoint, RequestView
+from gateway.record import RequestRecord
+from gateway.request import RequestView
 
-if TYPE_CHECKING:
-    from gateway.relay import Relay
-
-_OPERATIONS = {Endpoint.CHAT: "chat", Endpoint.COMPLETIONS: "text_completion"}
 _REQUEST_PARAMS = {  # body field -> GenAI attribute, when the client set it
     "temperature": "gen_ai.request.temperature",
     "top_p": "gen_ai.request.top_p",
@@ -43,14 +38,14 @@ class Tracing:
 
         return cls(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
 
-    def start(self, headers: list[tuple[bytes, bytes]], endpoint: Endpoint) -> RequestSpan:
+    def start(self, headers: list[tuple[bytes, bytes]], operation: str) -> RequestSpan:
+        """A span for one request, a child of the client's trace context when it sent one."""
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in headers
             if name in (b"traceparent", b"tracestate")
         }
         parent = self._propagator.extract(carrier) if carrier else None
-        operation = _OPERATIONS[endpoint]
         span = self._tracer.start_span(
             operation,
             context=parent,
@@ -71,7 +66,38 @@ class RequestSpan:
         self._operation = operation
         self._propagator = propagator
 
-    def request(self, view: RequestView) -> None:
+    def traceparent(self) -> list[tuple[str, str]]:
+        """Headers that make the worker's work part of this span's trace."""
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=set_span_in_context(self._span))
+        return list(carrier.items())
+
+    def finish(self, record: RequestRecord) -> None:
+        """Describe the ended request on the span, and end it."""
+        span = self._span
+        if record.view is not None:
+            self._describe_request(record.view)
+        status = record.status
+        span.set_attribute("http.response.status_code", status)
+        if record.relayed:
+            if record.worker is not None:
+                span.set_attribute("gateway.worker", record.worker)
+            timing = record.timing
+            span.set_attribute("gateway.queue_wait_seconds", timing.queued)
+            if timing.first_event is not None:
+                span.set_attribute(
+                    "gen_ai.response.time_to_first_chunk", timing.first_event - timing.started
+                )
+            if record.usage is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", record.usage.prompt)
+                span.set_attribute("gen_ai.usage.output_tokens", record.usage.completion)
+        if status >= 400 or record.error_code:
+            span.set_attribute("error.type", record.error_code or str(status))
+            if status >= 500 or status == 499:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def _describe_request(self, view: RequestView) -> None:
         span = self._span
         span.update_name(f"{self._operation} {view.model}")
         span.set_attribute("gen_ai.request.model", view.model)
@@ -79,35 +105,8 @@ class RequestSpan:
             span.set_attribute("gen_ai.request.max_tokens", view.max_tokens)
         if view.n != 1:
             span.set_attribute("gen_ai.request.choice.count", view.n)
-        for field, attribute in _REQUEST_PARAMS.items():
-            value = view.doc.get(field)
+        for name, attribute in _REQUEST_PARAMS.items():
+            value = view.doc.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 span.set_attribute(attribute, value)
         span.set_attribute("gateway.stream", view.stream)
-
-    def traceparent(self) -> list[tuple[bytes, bytes]]:
-        """Headers that make the worker's work part of this span's trace."""
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=set_span_in_context(self._span))
-        return [(name.encode(), value.encode()) for name, value in carrier.items()]
-
-    def finish(self, status: int, error_code: str | None, relay: Relay | None) -> None:
-        span = self._span
-        span.set_attribute("http.response.status_code", status)
-        if relay is not None:
-            if relay.worker is not None:
-                span.set_attribute("gateway.worker", relay.worker)
-            timing = relay.timing
-            span.set_attribute("gateway.queue_wait_seconds", timing.queued)
-            if timing.first_event is not None:
-                span.set_attribute(
-                    "gen_ai.response.time_to_first_chunk", timing.first_event - timing.started
-                )
-            if relay.usage is not None:
-                span.set_attribute("gen_ai.usage.input_tokens", relay.usage.prompt)
-                span.set_attribute("gen_ai.usage.output_tokens", relay.usage.completion)
-        if status >= 400 or error_code:
-            span.set_attribute("error.type", error_code or str(status))
-            if status >= 500 or status == 499:
-                span.set_status(Status(StatusCode.ERROR))
-        span.end()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from gateway.models_config import ModelConfig, ModelsConfig, WorkerConfig
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ class ScriptBatcher:
         self._redis = redis
         self._queue: list[_Call] = []
         self._draining = False
+        self._drainer: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if not self._draining:
@@ -44,7 +45,7 @@ class ScriptBatcher:
     def _start_draining(self) -> None:
         # A task of its own: a caller cancelled mid-flight (client gone) must not cut the
         # pipeline that others are waiting on.
-        asyncio.get_running_loop().create_task(self._drain())
+        self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -80,3 +81,8 @@ class ScriptBatcher:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    async def aclose(self) -> None:
+        """Let a pipeline in flight finish (its callers are waiting on it)."""
+        if self._drainer is not None and not self._drainer.done():
+            await asyncio.wait([self._drainer], timeout=1.0)

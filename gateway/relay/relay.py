@@ -1,0 +1,295 @@
+"""The exchange with a worker, run as the ASGI response so it can see the client leave.
+
+Non-streaming answers are relayed whole; streams are relayed event by event. Until the first
+byte is sent, failures become ordinary JSON errors with their status; after it, one SSE error
+event and `[DONE]`. When the client goes away the upstream request is closed, so vLLM aborts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, upstream_error_from_body
+from gateway.record import RequestRecord
+from gateway.relay.deadline import MovingDeadline
+from gateway.relay.disconnect import ClientGone, DisconnectWatch
+from gateway.relay.lease import WorkerLease
+from gateway.relay.sse import SSEFramer, leading_error
+from gateway.relay.upstream import Upstream, UpstreamRequest, UpstreamResponse
+from gateway.relay.usage import UsageTap, usage_of_response
+
+log = logging.getLogger("gateway.relay")
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Seconds: streams get `first_byte` for their first event, then `idle` between events,
+    all under `total`; a non-streaming answer arrives whole within `total`."""
+
+    first_byte: float
+    idle: float
+    total: float
+
+
+@dataclass(slots=True)
+class Outbound:
+    """What goes to the worker, and what goes back beyond the relayed bytes."""
+
+    path: str
+    body: bytes
+    stream: bool
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # to the client
+    tap: UsageTap | None = None  # streams: finds (and maybe strips) vLLM's usage chunk
+
+
+class Relay:
+    """ASGI app for one request: take a worker of the model (maybe after queueing), run the
+    request against it (maybe retried on another) and answer the client, filling the record
+    (worker, usage, timing, error code, whether the client left)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        deadlines: Deadlines,
+        lease: WorkerLease,
+        record: RequestRecord,
+        outbound: Outbound,
+    ) -> None:
+        self._upstream = upstream
+        self._deadlines = deadlines
+        self._lease = lease
+        self._record = record
+        self._out = outbound
+        self._send: Send | None = None
+        self._watch: DisconnectWatch | None = None
+        self._response: UpstreamResponse | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
+        self._record.relayed = True
+        watch = self._watch = DisconnectWatch(receive)
+        try:
+            async with watch:
+                await self._exchange()
+        finally:
+            self._record.client_gone = watch.gone
+
+    async def _exchange(self) -> None:
+        try:
+            await self._lease.acquire()
+        except GatewayError as exc:  # queue full, waited too long, or no healthy worker
+            await self._send_error(exc)
+            return
+        fault: str | None = None
+        answered = False  # False: the client left, which says nothing about the worker
+        try:
+            if self._out.stream:
+                fault = await self._relay_stream()
+            else:
+                await self._relay_unary()
+            answered = True
+        except GatewayError as exc:
+            fault, answered = exc.worker_fault, True
+            log.log(
+                exc.log_level,
+                "request %s failed before the answer started: %s (%s)",
+                self._record.request_id,
+                exc.code,
+                self._worker_name,
+            )
+            await self._send_error(exc)
+        finally:
+            self._lease.release(answered=answered, fault=fault)
+
+    @property
+    def _worker_name(self) -> str:
+        worker = self._lease.worker
+        return worker.name if worker is not None else "-"
+
+    async def _open(self) -> UpstreamResponse:
+        worker = self._lease.worker
+        assert worker is not None
+        request = UpstreamRequest(
+            self._out.path, self._out.body, self._record.request_id, self._record.trace_headers
+        )
+        return await self._upstream.open_retrying(worker, self._lease.switch, request)
+
+    async def _relay_unary(self) -> None:
+        total = self._deadlines.total
+        sent_at = time.perf_counter()
+        try:
+            async with asyncio.timeout(total):
+                response = await self._open()
+                try:
+                    body = await response.read()
+                finally:
+                    response.close()
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"worker {self._worker_name} did not answer within {total:g}s"
+            ) from None
+        finally:
+            self._record.timing.upstream = time.perf_counter() - sent_at
+        if response.status != 200:
+            raise upstream_error_from_body(response.status, body)
+        self._record.usage = usage_of_response(body)
+        await self._start(200, [(b"content-type", response.content_type.encode())], len(body))
+        await self._body(body, final=True)
+
+    async def _relay_stream(self) -> str | None:
+        """Relay the stream; returns the worker's fault when it broke after the answer began."""
+        loop = asyncio.get_running_loop()
+        total_deadline = loop.time() + self._deadlines.total
+        first_deadline = min(loop.time() + self._deadlines.first_byte, total_deadline)
+        framer = SSEFramer()
+        committed = False
+        try:
+            async with MovingDeadline(first_deadline) as deadline:
+                response, events = await self._first_events(framer)
+                await self._start(200, _SSE_HEADERS, None)
+                committed = True
+                await self._event(events)
+                await self._relay_events(response, framer, deadline, total_deadline)
+            if not framer.done:
+                raise UpstreamFailed(
+                    f"worker {self._worker_name} ended the stream before it finished"
+                )
+            await self._body(b"", final=True)
+            return None
+        except (TimeoutError, GatewayError) as exc:
+            return await self._stream_broken(exc, committed)
+        finally:
+            if self._out.tap is not None:
+                self._record.usage = self._out.tap.usage
+            if self._response is not None:
+                self._response.close()
+
+    async def _relay_events(
+        self,
+        response: UpstreamResponse,
+        framer: SSEFramer,
+        deadline: MovingDeadline,
+        total_deadline: float,
+    ) -> None:
+        """The stream after its first event, until the worker ends it."""
+        loop = asyncio.get_running_loop()
+        idle = self._deadlines.idle
+        timing = self._record.timing
+        read = response.read_chunk
+        while True:
+            deadline.at = min(loop.time() + idle, total_deadline)
+            waiting_since = time.perf_counter()
+            chunk = await read()
+            timing.upstream += time.perf_counter() - waiting_since
+            if not chunk:
+                return
+            events = framer.feed(chunk)
+            if events:
+                await self._event(events)
+
+    async def _first_events(self, framer: SSEFramer) -> tuple[UpstreamResponse, bytes]:
+        """Open the stream and read up to its first whole event(s); nothing is sent yet, so
+        anything going wrong here is still an ordinary error with its status."""
+        timing = self._record.timing
+        waiting_since = time.perf_counter()
+        try:
+            self._response = response = await self._open()
+            if response.status != 200:
+                raise upstream_error_from_body(response.status, await response.read())
+            events = b""
+            while not events:
+                chunk = await response.read_chunk()
+                if not chunk:
+                    raise UpstreamFailed(
+                        f"worker {self._worker_name} ended the stream before its first event"
+                    )
+                events = framer.feed(chunk)
+        finally:
+            timing.upstream += time.perf_counter() - waiting_since
+        error = leading_error(events)
+        if error is not None:  # the worker failed before its first token
+            raise upstream_error_from_body(_status_of(error), error)
+        return response, events
+
+    async def _stream_broken(self, exc: TimeoutError | GatewayError, committed: bool) -> str | None:
+        """Before the answer began, the failure is raised (an ordinary error with its status);
+        after, it ends the stream as an error event. Returns the worker's fault."""
+        if isinstance(exc, GatewayError):
+            failure = exc
+        else:
+            what = (
+                f"no data for {self._deadlines.idle:g}s" if committed else "no first token in time"
+            )
+            failure = UpstreamTimeout(f"worker {self._worker_name} stalled: {what}")
+        if not committed:
+            raise failure from None
+        log.log(
+            failure.log_level,
+            "request %s: stream broken after start: %s (%s)",
+            self._record.request_id,
+            failure.code,
+            self._worker_name,
+        )
+        self._record.error_code = failure.code
+        await self._body(failure.sse_event(), final=True)
+        return failure.worker_fault
+
+    async def _event(self, events: bytes) -> None:
+        """Send events to the client, noting when (for time to first token and token gaps)."""
+        tap = self._out.tap
+        await self._body(tap.feed(events) if tap else events)
+        now = time.perf_counter()
+        timing = self._record.timing
+        if timing.first_event is None:
+            timing.first_event = now
+        timing.last_event = now
+        timing.events += 1
+
+    async def _start(
+        self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> None:
+        headers = [*headers, *self._out.headers]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        await self._emit({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _body(self, body: bytes, *, final: bool = False) -> None:
+        if final and self._watch is not None:
+            self._watch.finished = True
+        await self._emit({"type": "http.response.body", "body": body, "more_body": not final})
+
+    async def _emit(self, message: Message) -> None:
+        assert self._send is not None
+        try:
+            await self._send(message)
+        except OSError as exc:
+            raise ClientGone from exc
+
+    async def _send_error(self, exc: GatewayError) -> None:
+        self._record.error_code = exc.code
+        body = exc.body()
+        headers = [(b"content-type", b"application/json")]
+        headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        await self._start(exc.status, headers, len(body))
+        await self._body(body, final=True)
+
+
+def _status_of(error_json: bytes) -> int:
+    """vLLM puts the HTTP status in the in-band error's integer `code`."""
+    try:
+        code = orjson.loads(error_json)["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return 500
+    return code if isinstance(code, int) and 400 <= code <= 599 else 500
