@@ -1,6 +1,8 @@
 """`python -m bench` (make bench): what the gateway costs, next to a direct-to-upstream baseline.
 
-`python -m bench streams5k` runs the 5,000-open-streams test instead (bench/streams5k.py).
+`python -m bench streams5k` runs the 5,000-open-streams test instead (bench/streams5k.py);
+`python -m bench prefix` only the in-process cost of the cache-aware routing index
+(bench/prefix_cost.py, also appended to every report).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import report
+from bench import prefix_cost, report
 from bench.loads import run_streamload, run_wrk
 from bench.procs import ROOT, Service, start_upstream
 from bench.scenarios import SCENARIOS, LoadPlan, Run, run_once
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench import streams5k
 
         return streams5k.main(argv[1:])
+    if argv[:1] == ["prefix"]:
+        return prefix_cost.main()
     args = parse_args(argv)
     missing = missing_tools()
     if missing:
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = load_plan(args, logs)
     targets = [report.DIRECT, *(config.label for config in configs)]
     text = report.render(header(args, configs, now.strftime("%Y-%m-%d %H:%M")), runs, targets, plan)
+    text += "\n" + prefix_cost.report()
     result = args.out / f"results-{stamp}.md"
     result.write_text(text)
     (args.out / f"results-{stamp}.json").write_text(

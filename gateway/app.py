@@ -36,6 +36,8 @@ from gateway.request import Endpoint
 from gateway.routing.admission import Dispatcher, QueueSettings
 from gateway.routing.ejections import Backoff, Ejections, LocalEjections, RedisEjections
 from gateway.routing.health import Health, HealthSettings
+from gateway.routing.prefix import PrefixSettings
+from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
 from gateway.state import AppState
@@ -89,6 +91,31 @@ def _ejections(settings: Settings) -> Ejections:
     )
 
 
+def _prefix_settings(settings: Settings) -> PrefixSettings | None:
+    if not settings.prefix_routing:
+        return None
+    return PrefixSettings(
+        block_bytes=settings.prefix_block_bytes,
+        bytes_per_token=settings.prefix_bytes_per_token,
+        cache_tokens=settings.prefix_cache_tokens,
+        balance=settings.prefix_balance,
+        min_blocks=settings.prefix_min_blocks,
+    )
+
+
+def _prefix_share(settings: Settings, registry: Registry) -> PrefixShare | None:
+    """Replicas share their cache-aware routing decisions through Redis, when both are on."""
+    routes = [route.prefix for route in registry.routes() if route.prefix is not None]
+    if not routes or settings.redis_url is None:
+        return None
+    share = PrefixShare(
+        settings.redis_url, settings.prefix_redis_channel, registry, settings.redis_timeout
+    )
+    for prefix in routes:
+        prefix.share = share.publish
+    return share
+
+
 def _upstream(settings: Settings) -> Upstream:
     retry = RetryPolicy(settings.retry_attempts, settings.retry_budget)
     return Upstream(settings.connect_timeout, settings.max_upstream_connections, retry)
@@ -98,7 +125,12 @@ async def _build_state(
     settings: Settings, models: ModelsConfig, keys: KeyStore | None, metrics: Metrics
 ) -> AppState:
     """Every long-lived part, wired once; the worker health is known before it returns."""
-    registry = Registry(models, settings.worker_url_template, settings.max_inflight_per_worker)
+    registry = Registry(
+        models,
+        settings.worker_url_template,
+        settings.max_inflight_per_worker,
+        _prefix_settings(settings),
+    )
     health_settings = HealthSettings(
         settings.health_interval, settings.health_timeout, settings.eject_after_failures
     )
@@ -125,12 +157,17 @@ async def _build_state(
         health=health,
         dispatcher=dispatcher,
         models_body=models_payload(models),
+        prefix_share=_prefix_share(settings, registry),
     )
     await health.start()  # what is known of the workers, before the first request
+    if state.prefix_share is not None:
+        await state.prefix_share.start()
     return state
 
 
 async def _close_state(state: AppState) -> None:
+    if state.prefix_share is not None:
+        await state.prefix_share.aclose()
     await state.health.aclose()
     await state.limiter.aclose()
     await state.upstream.aclose()

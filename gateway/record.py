@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from gateway.request import RequestView
+
+# Why a worker was chosen: only (one worker), load (least loaded), session (affinity), cache
+# (the prefix index's best match), fallback (a cache match overruled by load), length, retry.
+RouteReason = Literal["only", "load", "session", "cache", "fallback", "length", "retry"]
+ROUTE_REASONS: tuple[RouteReason, ...] = get_args(RouteReason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,9 @@ class RequestRecord:
     trace_headers: list[tuple[str, str]] = field(default_factory=list)
     relayed: bool = False  # it reached the relay (queue, worker, answer)
     worker: str | None = None  # the worker that answered (the last one tried)
+    route: RouteReason | None = None  # why that worker
+    prompt_blocks: int = 0  # the prompt's blocks, when cache-aware routing hashed it
+    cached_blocks: int = 0  # of those, how many the prefix index expected the worker to hold
     retries: int = 0  # times it was sent again to another worker
     usage: Usage | None = None
     status: int = 0  # of the answer the client got; 0 until one started

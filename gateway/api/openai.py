@@ -27,6 +27,7 @@ from gateway.relay.usage import UsageTap, body_asking_usage
 from gateway.request import Endpoint, RequestView
 from gateway.routing.admission import ModelQueue
 from gateway.routing.policy import Preference
+from gateway.routing.prefix import PrefixRouting
 from gateway.state import AppState
 
 router = APIRouter()
@@ -64,13 +65,10 @@ class CompletionRoute:
             await exc.to_response()(scope, receive, send)
             return
         record.model = view.model  # a configured name: a bounded metrics label
-        lease = WorkerLease(
-            queue,
-            state.health,
-            record,
-            key=principal.name,
-            prefer=_preference(state.settings, scope, view),
-        )
+        prefer = _preference(state.settings, scope, view, queue.route.prefix)
+        if prefer is not None and prefer.prefix is not None:
+            record.prompt_blocks = len(prefer.prefix)
+        lease = WorkerLease(queue, state.health, record, key=principal.name, prefer=prefer)
         relay = Relay(state.upstream, state.deadlines, lease, record, _outbound(view, reservation))
         try:
             await relay(scope, receive, send)
@@ -85,8 +83,11 @@ def _queue_for(state: AppState, principal: Principal, model: str) -> ModelQueue:
     return state.dispatcher.queue(model)
 
 
-def _preference(settings: Settings, scope: Scope, view: RequestView) -> Preference | None:
-    """Session affinity (x-session-id, else the body's `user`) and prompt-size steering."""
+def _preference(
+    settings: Settings, scope: Scope, view: RequestView, prefix: PrefixRouting | None
+) -> Preference | None:
+    """Session affinity (x-session-id, else the body's `user`), the prompt's blocks for
+    cache-aware routing, and prompt-size steering."""
     session = None
     if settings.session_affinity:
         for name, value in scope["headers"]:
@@ -101,9 +102,12 @@ def _preference(settings: Settings, scope: Scope, view: RequestView) -> Preferen
     if settings.length_steering:
         size = len(view.body)
         bucket = sum(1 for boundary in boundaries if size >= boundary)
-    if session is None and bucket is None:
+    hashes = prefix.hashes(view) if prefix is not None else None
+    if session is None and bucket is None and not hashes:
         return None
-    return Preference(session=session, length_bucket=bucket, buckets=len(boundaries) + 1)
+    return Preference(
+        session=session, length_bucket=bucket, buckets=len(boundaries) + 1, prefix=hashes
+    )
 
 
 async def _admit(state: AppState, principal: Principal, view: RequestView) -> Reservation | None:

@@ -4,6 +4,7 @@ and what the gateway knows of each worker), /metrics."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from fastapi import APIRouter
@@ -42,12 +43,7 @@ async def ready(state: State) -> Response:
     is_ready = all(models.values())
     stale_after = state.health.settings.stale_after
     workers = {
-        f"{w.model}/{w.name}": {
-            "up": w.up,
-            "ejected_for": round(max(w.ejected_until - now, 0.0), 3),
-            "inflight": w.inflight,
-            "saturation": w.known_saturation(now, stale_after),
-        }
+        f"{w.model}/{w.name}": _worker_state(state, w, now, stale_after)
         for w in state.registry.workers()
     }
     queues = {route.name: state.dispatcher.queue(route.name).size for route in routes}
@@ -60,6 +56,21 @@ async def ready(state: State) -> Response:
         }
     )
     return Response(body, 200 if is_ready else 503, media_type="application/json")
+
+
+def _worker_state(
+    state: AppState, worker: Worker, now: float, stale_after: float
+) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "up": worker.up,
+        "ejected_for": round(max(worker.ejected_until - now, 0.0), 3),
+        "inflight": worker.inflight,
+        "saturation": worker.known_saturation(now, stale_after),
+    }
+    route = state.registry.route(worker.model)
+    if route is not None and route.prefix is not None:
+        shown["prefix_blocks"] = route.prefix.index.size(worker.slot)  # the index's view
+    return shown
 
 
 async def _probe_now(state: AppState, worker: Worker, now: float, seconds: float) -> bool:

@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     queue_timeout: Seconds = 30.0
     # Requests with the same x-session-id header (or body `user`) go to the same worker.
     session_affinity: bool = True
+    # Cache-aware routing, for models with more than one worker: a request goes to the worker
+    # whose vLLM prefix cache is expected to hold most of its prompt (an approximate index of
+    # what was sent where, shared by the replicas through Redis), unless that worker is busier
+    # than the least loaded by more than `prefix_balance` (load: in-flight / cap or saturation).
+    prefix_routing: bool = False
+    prefix_block_bytes: Annotated[int, Field(ge=16)] = 512  # ~ one 128-token vLLM block
+    prefix_bytes_per_token: Annotated[float, Field(gt=0)] = 4.0
+    # A worker's KV cache in tokens when its /metrics has no vllm:cache_config_info.
+    prefix_cache_tokens: Annotated[int, Field(ge=1)] = 200_000
+    prefix_balance: Annotated[float, Field(ge=0)] = 0.25
+    prefix_min_blocks: Annotated[int, Field(ge=1)] = 1
+    # Redis pub/sub channel on which replicas share their routing decisions (one per deployment).
+    prefix_redis_channel: str = "gateway:prefix"
     # Steer prompts by size (body bytes) to workers by bucket: boundaries between buckets.
     # Off by default: it did not pay in the measurement (see the README).
     length_steering: bool = False

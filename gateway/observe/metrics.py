@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.errors import WORKER_FAULTS
-from gateway.record import RequestRecord
+from gateway.record import ROUTE_REASONS, RequestRecord
 
 # prometheus_client's multi-process mode: each process writes its samples to files in this
 # directory, and /metrics (in whichever process answers) sums them.
@@ -138,6 +138,35 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.routing_decisions = Counter(
+            "gateway_routing_decisions",
+            "Worker choices, by reason: only (one worker), load (least loaded), session, cache "
+            "(the prefix index's best match), fallback (a cache match overruled by load), length, "
+            "retry.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.prefix_prompt_blocks = Counter(
+            "gateway_prefix_prompt_blocks",
+            "Cache-aware routing: prompt blocks of the requests sent to each worker.",
+            ["model", "worker"],
+            registry=self.registry,
+        )
+        self.prefix_cached_blocks = Counter(
+            "gateway_prefix_cached_blocks",
+            "Cache-aware routing: of those, the leading blocks the prefix index expected the "
+            "worker's cache to hold (the predicted hit rate is the ratio of the two).",
+            ["model", "worker"],
+            registry=self.registry,
+        )
+        self.prefix_index_blocks = Gauge(
+            "gateway_prefix_index_blocks",
+            "Cache-aware routing: blocks the prefix index holds for each worker.",
+            ["model", "worker"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+
         self.ratelimit_rejections = Counter(
             "gateway_ratelimit_rejections",
             "Requests refused with 429, by key name and the limit that refused them.",
@@ -182,6 +211,8 @@ class Metrics:
                 self.overhead.labels(model, endpoint)
             for reason in ("full", "timeout", "no_healthy_backend"):
                 self.queue_rejections.labels(model, reason)
+            for reason in ROUTE_REASONS:
+                self.routing_decisions.labels(model, reason)
             for worker in names:
                 self.worker_ejections.labels(model, worker)
                 for kind in WORKER_FAULTS:
@@ -211,6 +242,11 @@ class Metrics:
             self.completion_tokens.labels(model).inc(usage.completion)
         if record.retries:
             self.upstream_retries.labels(model).inc(record.retries)
+        if record.route is not None:
+            self.routing_decisions.labels(model, record.route).inc()
+        if record.prompt_blocks and record.worker is not None:
+            self.prefix_prompt_blocks.labels(model, record.worker).inc(record.prompt_blocks)
+            self.prefix_cached_blocks.labels(model, record.worker).inc(record.cached_blocks)
 
     def render(self) -> tuple[bytes, str]:
         if MULTIPROC_ENV not in os.environ:

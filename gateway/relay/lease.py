@@ -10,7 +10,7 @@ from typing import Protocol
 from gateway.errors import GatewayError
 from gateway.record import RequestRecord
 from gateway.routing.admission import ModelQueue
-from gateway.routing.policy import Preference
+from gateway.routing.policy import Choice, Preference
 from gateway.routing.registry import Worker
 
 log = logging.getLogger("gateway.relay")
@@ -45,20 +45,21 @@ class WorkerLease:
     async def acquire(self) -> Worker:
         """A worker of the model, maybe after waiting in its queue (GatewayError: refused)."""
         started = time.perf_counter()
-        worker = await self._queue.acquire(self._key, self._prefer)
+        choice = await self._queue.acquire(self._key, self._prefer)
         self._record.timing.queued = time.perf_counter() - started
-        self._take(worker)
-        return worker
+        self._take(choice)
+        return choice.worker
 
     def switch(self, failed: Worker, error: GatewayError) -> Worker | None:
         """Retry hook (Upstream.open_retrying): another worker, the failure counted against
         `failed`. None: there is no other; the error then ends the request and counts there."""
-        replacement = self._queue.take_another(frozenset(self._tried))
-        if replacement is None:
+        choice = self._queue.take_another(frozenset(self._tried), self._prefer)
+        if choice is None:
             return None
         self._outcomes.failed(failed, error.worker_fault or "failed")
         self._queue.release(failed)
-        self._take(replacement)
+        self._take(choice)
+        replacement = choice.worker
         self._record.retries += 1
         log.info(
             "request %s: %s from %s, trying %s",
@@ -81,7 +82,11 @@ class WorkerLease:
                 self._outcomes.succeeded(worker)
         self._queue.release(worker)
 
-    def _take(self, worker: Worker) -> None:
+    def _take(self, choice: Choice) -> None:
+        worker = choice.worker
         self._tried.add(worker)
         self.worker = worker
-        self._record.worker = worker.name
+        record = self._record
+        record.worker = worker.name
+        record.route = choice.reason
+        record.cached_blocks = choice.cached_blocks

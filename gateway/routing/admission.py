@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import NoHealthyBackend, ServerOverloaded
 from gateway.observe.metrics import Metrics
-from gateway.routing.policy import NoWorker, Preference, choose
+from gateway.routing.policy import Choice, NoWorker, Preference, choose
 from gateway.routing.registry import ModelRoute, Registry, Worker
 
 _DRAIN_WINDOW = 64  # releases from the queue remembered to estimate its drain rate
@@ -34,7 +34,7 @@ class QueueSettings:
 class Waiter:
     key: str
     prefer: Preference | None
-    future: asyncio.Future[Worker]
+    future: asyncio.Future[Choice]
     since: float = field(default=0.0)
 
 
@@ -51,22 +51,23 @@ class ModelQueue:
         self._rejections = metrics.queue_rejections
         self._depth_gauge.set(0)
 
-    async def acquire(self, key: str, prefer: Preference | None) -> Worker:
+    async def acquire(self, key: str, prefer: Preference | None) -> Choice:
         """A worker with a slot taken for this request (give it back with release())."""
         now = self._loop.time()
         try:
-            worker = choose(self.route, now, self._settings.stale_after, prefer=prefer)
+            choice = choose(self.route, now, self._settings.stale_after, prefer=prefer)
         except NoWorker:
             raise self._no_backend(now) from None
-        if worker is not None and not self.size:  # nobody is waiting ahead of this request
-            worker.inflight += 1
-            return worker
+        if choice is not None and not self.size:  # nobody is waiting ahead of this request
+            return self._assign(choice, prefer)
         return await self._wait(Waiter(key, prefer, self._loop.create_future(), now))
 
-    def take_another(self, exclude: frozenset[Worker]) -> Worker | None:
+    def take_another(
+        self, exclude: frozenset[Worker], prefer: Preference | None = None
+    ) -> Choice | None:
         """For a retry: the least-loaded other worker taking traffic, even if saturated."""
         try:
-            worker = choose(
+            choice = choose(
                 self.route,
                 self._loop.time(),
                 self._settings.stale_after,
@@ -75,9 +76,16 @@ class ModelQueue:
             )
         except NoWorker:
             return None
-        if worker is not None:
-            worker.inflight += 1
-        return worker
+        return self._assign(choice, prefer) if choice is not None else None
+
+    def _assign(self, choice: Choice, prefer: Preference | None) -> Choice:
+        """Take a slot on the chosen worker; it now gets the prompt's blocks in its cache."""
+        worker = choice.worker
+        worker.inflight += 1
+        prefix = self.route.prefix
+        if prefix is not None and prefer is not None and prefer.prefix:
+            prefix.note(worker.model, worker.name, worker.slot, prefer.prefix)
+        return choice
 
     def release(self, worker: Worker) -> None:
         worker.inflight -= 1
@@ -93,21 +101,20 @@ class ModelQueue:
                 self._pop_next()
                 continue
             try:
-                worker = choose(self.route, now, self._settings.stale_after, prefer=waiter.prefer)
+                choice = choose(self.route, now, self._settings.stale_after, prefer=waiter.prefer)
             except NoWorker:
                 self._fail_all(self._no_backend(now))
                 return
-            if worker is None:
+            if choice is None:
                 return
             self._pop_next()
-            worker.inflight += 1
-            waiter.future.set_result(worker)
+            waiter.future.set_result(self._assign(choice, waiter.prefer))
             self._released.append(now)
             self._wait_histogram.observe(now - waiter.since)
 
     # --- the queue ---------------------------------------------------------------------------
 
-    async def _wait(self, waiter: Waiter) -> Worker:
+    async def _wait(self, waiter: Waiter) -> Choice:
         self._push(waiter)
         self.pump()  # a worker may be free with others still ahead: serve them in order
         try:
@@ -128,7 +135,7 @@ class ModelQueue:
         future = waiter.future
         if future.done() and not future.cancelled() and future.exception() is None:
             # It was given a worker just as it timed out or its client left: give it back.
-            self.release(future.result())
+            self.release(future.result().worker)
             return
         if not future.done():
             future.cancel()

@@ -21,11 +21,9 @@ from gateway.observe.metrics import Metrics
 from gateway.routing.ejections import Ejections
 from gateway.routing.probe import Probe
 from gateway.routing.registry import ModelRoute, Registry, Worker
+from gateway.routing.scrape import scrape
 
 log = logging.getLogger("gateway.health")
-
-WAITING_FULL = 5.0  # requests waiting in vLLM's own queue that count as saturated
-KV_FULL = 0.8  # KV-cache usage that counts as saturated
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,28 +40,6 @@ class HealthSettings:
 
 def worker_id(worker: Worker) -> str:
     return f"{worker.model}/{worker.name}"
-
-
-def saturation_from_metrics(text: str) -> float | None:
-    """max(waiting/5, kv/0.8) from vLLM's Prometheus text, or None if neither is there."""
-    waiting = kv = None
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        if line.startswith(("vllm:num_requests_waiting{", "vllm:num_requests_waiting ")):
-            waiting = (waiting or 0.0) + _value(line)
-        elif line.startswith(("vllm:kv_cache_usage_perc{", "vllm:kv_cache_usage_perc ")):
-            kv = max(kv or 0.0, _value(line))
-    if waiting is None and kv is None:
-        return None
-    return max((waiting or 0.0) / WAITING_FULL, (kv or 0.0) / KV_FULL)
-
-
-def _value(line: str) -> float:
-    try:
-        return float(line.rsplit(" ", 1)[1])
-    except (IndexError, ValueError):
-        return 0.0
 
 
 class Health:
@@ -166,9 +142,7 @@ class Health:
         )
         now = self._loop.time()
         if metrics is not None:
-            saturation = saturation_from_metrics(metrics.decode(errors="replace"))
-            if saturation is not None:
-                worker.saturation, worker.scraped_at = saturation, now
+            self._read_metrics(worker, metrics.decode(errors="replace"), now)
         ok = health is not None
         if ok and not worker.up and now >= worker.ejected_until:
             worker.up, worker.failures = True, 0
@@ -177,6 +151,22 @@ class Health:
             worker.up = False
             log.warning("worker %s (%s) failed its health probe", worker.name, worker.model)
 
+    def _read_metrics(self, worker: Worker, text: str, now: float) -> None:
+        scraped = scrape(text)
+        if scraped.saturation is not None:
+            worker.saturation, worker.scraped_at = scraped.saturation, now
+        route = self._registry.route(worker.model)
+        prefix = route.prefix if route is not None else None
+        if prefix is None:
+            return
+        if scraped.cache_tokens is not None:
+            prefix.cache_tokens(worker.slot, scraped.cache_tokens)
+        if scraped.started is not None:
+            if worker.started is not None and scraped.started != worker.started:
+                prefix.index.forget(worker.slot)  # restarted: its prefix cache is empty
+                log.warning("worker %s (%s) restarted", worker.name, worker.model)
+            worker.started = scraped.started
+
     def _show(self, worker: Worker) -> None:
         labels = (worker.model, worker.name)
         now = self._loop.time()
@@ -184,6 +174,10 @@ class Health:
         self._metrics.worker_inflight.labels(*labels).set(worker.inflight)
         saturation = worker.known_saturation(now, self.settings.stale_after)
         self._metrics.worker_saturation.labels(*labels).set(saturation or 0.0)
+        route = self._registry.route(worker.model)
+        if route is not None and route.prefix is not None:
+            blocks = route.prefix.index.size(worker.slot)
+            self._metrics.prefix_index_blocks.labels(*labels).set(blocks)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)

@@ -2,16 +2,20 @@
 
 Load of a worker = max(the gateway's own in-flight / its cap, the worker's saturation from its
 metrics). Saturation that is missing or stale counts as half-loaded: unknown is not idle. The
-least-loaded worker that takes traffic wins, ties taken in turn; optionally a session key or a
-prompt-length bucket names a preferred worker, kept while it is not saturated (or, for length,
-not clearly busier than the least loaded).
+least-loaded worker that takes traffic wins, ties taken in turn. A session key names a preferred
+worker, kept while it is not saturated. Cache-aware routing prefers the worker whose prefix
+cache is expected to hold the most of the prompt's leading blocks, unless it is clearly busier
+than the least loaded (never a saturated or unhealthy one). Optionally a prompt-length bucket
+names a worker, kept while it is not clearly busier than the least loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.record import RouteReason
 from gateway.routing.registry import ModelRoute, Worker
 
 UNKNOWN_SATURATION = 0.5
@@ -30,6 +34,17 @@ class Preference:
     session: str | None = None  # x-session-id header, or the body's `user`
     length_bucket: int | None = None  # index of the prompt's size bucket, when steering is on
     buckets: int = 1
+    prefix: Sequence[int] | None = None  # the prompt's block hashes, for cache-aware routing
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The worker for a request, why (a bounded label), and how many of the prompt's leading
+    blocks the prefix index expects that worker's cache to hold."""
+
+    worker: Worker
+    reason: RouteReason
+    cached_blocks: int = 0
 
 
 def load_of(worker: Worker, cap: int, now: float, stale_after: float) -> float:
@@ -52,7 +67,7 @@ def choose(
     prefer: Preference | None = None,
     exclude: frozenset[Worker] = frozenset(),
     allow_saturated: bool = False,
-) -> Worker | None:
+) -> Choice | None:
     """The worker to use, or None when every one that takes traffic is saturated.
 
     Raises NoWorker when none takes traffic at all. `allow_saturated` (retries) takes the least
@@ -66,19 +81,20 @@ def choose(
             raise NoWorker
         if not allow_saturated and saturated(only, cap, now, stale_after):
             return None
-        return only
+        return Choice(only, "only")
     live = [w for w in workers if w not in exclude and w.takes_traffic(now)]
     if not live:
         raise NoWorker
-    if not allow_saturated:
-        live = [w for w in live if not saturated(w, cap, now, stale_after)]
-        if not live:
-            return None
+    if allow_saturated:
+        return Choice(_least_loaded(route, live, cap, now, stale_after), "retry")
+    live = [w for w in live if not saturated(w, cap, now, stale_after)]
+    if not live:
+        return None
     if prefer is not None:
-        preferred = _preferred(live, prefer, cap, now, stale_after)
+        preferred = _preferred(route, live, prefer, cap, now, stale_after)
         if preferred is not None:
             return preferred
-    return _least_loaded(route, live, cap, now, stale_after)
+    return Choice(_least_loaded(route, live, cap, now, stale_after), "load")
 
 
 def _least_loaded(
@@ -97,18 +113,51 @@ def _least_loaded(
     return best
 
 
-def _preferred(
-    live: list[Worker], prefer: Preference, cap: int, now: float, stale_after: float
-) -> Worker | None:
+def _preferred(  # noqa: PLR0917 (the choice's whole context, from choose())
+    route: ModelRoute,
+    live: list[Worker],
+    prefer: Preference,
+    cap: int,
+    now: float,
+    stale_after: float,
+) -> Choice | None:
     if prefer.session is not None:
-        return max(live, key=lambda w: _rendezvous(prefer.session or "", w.name))
+        return Choice(max(live, key=lambda w: _rendezvous(prefer.session or "", w.name)), "session")
+    if prefer.prefix and route.prefix is not None:
+        return _by_cache(route, live, prefer.prefix, cap, now, stale_after)
     if prefer.length_bucket is not None:
         ordered = sorted(live, key=lambda w: w.name)
         target = ordered[prefer.length_bucket * len(ordered) // max(prefer.buckets, 1)]
         lightest = min(load_of(w, cap, now, stale_after) for w in live)
         if load_of(target, cap, now, stale_after) <= lightest + LENGTH_SLACK:
-            return target
+            return Choice(target, "length")
     return None
+
+
+def _by_cache(  # noqa: PLR0917 (the choice's whole context, from choose())
+    route: ModelRoute,
+    live: list[Worker],
+    prefix: Sequence[int],
+    cap: int,
+    now: float,
+    stale_after: float,
+) -> Choice:
+    """The worker expected to hold the most leading blocks, unless it is clearly busier than
+    the least loaded (by more than the balance threshold): then load wins."""
+    assert route.prefix is not None
+    cached = route.prefix.index.match(prefix, len(route.workers))
+    least = _least_loaded(route, live, cap, now, stale_after)
+    best, blocks = least, cached[least.slot]
+    for worker in live:
+        if cached[worker.slot] > blocks:
+            best, blocks = worker, cached[worker.slot]
+    if blocks < route.prefix.min_blocks:
+        return Choice(least, "load", blocks)
+    if best is not least:
+        busier = load_of(best, cap, now, stale_after) - load_of(least, cap, now, stale_after)
+        if busier > route.prefix.balance:
+            return Choice(least, "fallback", cached[least.slot])
+    return Choice(best, "cache", blocks)
 
 
 def _rendezvous(session: str, worker: str) -> int:

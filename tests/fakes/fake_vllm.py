@@ -12,6 +12,7 @@ GET /fake/stats reports requests seen, in progress, and aborted by the peer (the
 POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"delay": 0.5}                             every completion waits 0.5 s before answering
   {"waiting": 12, "kv": 0.9}                 what /metrics reports (vLLM's queue and KV cache)
+  {"cache_blocks": 40}                       its KV cache size (cache_config_info, 16-token blocks)
   {"health": 503}                            what /health answers
   {"status": 503}                            every completion answers this error
   {"reset": true}                            zero the stats
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,7 @@ class Control:
     kv: float = 0.0
     health: int = 200
     status: int | None = None
+    cache_blocks: int = 1000  # vllm:cache_config_info num_gpu_blocks (block_size 16)
 
 
 class FakeVLLM:
@@ -56,6 +59,7 @@ class FakeVLLM:
         self.model = model
         self.stats = Stats()
         self.control = Control()
+        self.started = time.time()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -115,6 +119,9 @@ class FakeVLLM:
                 f"vllm:num_requests_running{labels} {self.stats.active}\n"
                 f"vllm:num_requests_waiting{labels} {self.control.waiting}\n"
                 f"vllm:kv_cache_usage_perc{labels} {self.control.kv}\n"
+                f'vllm:cache_config_info{{block_size="16",engine="0",'
+                f'num_gpu_blocks="{self.control.cache_blocks}"}} 1.0\n'
+                f"process_start_time_seconds {self.started}\n"
             )
             await _respond(writer, 200, text.encode(), "text/plain")
         else:

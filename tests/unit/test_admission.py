@@ -27,6 +27,11 @@ def make_queue(cap: int = 1, depth: int = 4, timeout: float = 5.0, workers: int 
     return ModelQueue(route, QueueSettings(depth, timeout, stale_after=3.0), Metrics())
 
 
+async def take(queue: ModelQueue, key: str) -> Worker:
+    """A worker with a slot taken, as a request without preferences gets it."""
+    return (await queue.acquire(key, None)).worker
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -34,8 +39,8 @@ async def settle() -> None:
 
 async def test_free_worker_is_taken_at_once_and_given_back() -> None:
     queue = make_queue(cap=2)
-    first = await queue.acquire("k", None)
-    second = await queue.acquire("k", None)
+    first = await take(queue, "k")
+    second = await take(queue, "k")
     assert first is second
     assert first.inflight == 2
     queue.release(first)
@@ -46,12 +51,12 @@ async def test_free_worker_is_taken_at_once_and_given_back() -> None:
 
 async def test_bound_is_exact_and_overflow_is_refused_at_once() -> None:
     queue = make_queue(cap=1, depth=3)
-    busy = await queue.acquire("k", None)
-    waiting = [asyncio.create_task(queue.acquire("k", None)) for _ in range(3)]
+    busy = await take(queue, "k")
+    waiting = [asyncio.create_task(take(queue, "k")) for _ in range(3)]
     await settle()
     assert queue.size == 3
     with pytest.raises(ServerOverloaded) as refused:
-        await queue.acquire("k", None)  # no await on a worker: refused on the spot
+        await take(queue, "k")  # no await on a worker: refused on the spot
     assert refused.value.headers["retry-after"].isdigit()
     assert refused.value.code == "server_overloaded"
     for task in waiting:  # each release hands the worker to the next in line
@@ -64,11 +69,11 @@ async def test_bound_is_exact_and_overflow_is_refused_at_once() -> None:
 
 async def test_release_is_round_robin_across_keys() -> None:
     queue = make_queue(cap=1, depth=10)
-    busy = await queue.acquire("flood", None)
+    busy = await take(queue, "flood")
     order: list[str] = []
 
     async def request(key: str) -> None:
-        worker = await queue.acquire(key, None)
+        worker = await take(queue, key)
         order.append(key)
         await asyncio.sleep(0)
         queue.release(worker)
@@ -85,10 +90,10 @@ async def test_release_is_round_robin_across_keys() -> None:
 
 async def test_full_queue_pushes_out_the_biggest_key_instead_of_refusing_a_small_one() -> None:
     queue = make_queue(cap=1, depth=4)
-    busy = await queue.acquire("flood", None)
-    flood = [asyncio.create_task(queue.acquire("flood", None)) for _ in range(4)]
+    busy = await take(queue, "flood")
+    flood = [asyncio.create_task(take(queue, "flood")) for _ in range(4)]
     await settle()
-    other = asyncio.create_task(queue.acquire("other", None))
+    other = asyncio.create_task(take(queue, "other"))
     await settle()
     assert queue.size == 4
     pushed_out = [t for t in flood if t.done()]
@@ -96,7 +101,7 @@ async def test_full_queue_pushes_out_the_biggest_key_instead_of_refusing_a_small
     assert pushed_out[0] is flood[-1]
     assert isinstance(pushed_out[0].exception(), ServerOverloaded)
     with pytest.raises(ServerOverloaded):  # the flood key gets no more places
-        await queue.acquire("flood", None)
+        await take(queue, "flood")
     queue.release(busy)
     assert (await flood[0]).name == "w0"  # first in the round
     queue.release(busy)
@@ -107,9 +112,9 @@ async def test_full_queue_pushes_out_the_biggest_key_instead_of_refusing_a_small
 
 async def test_waiting_too_long_is_a_503_and_leaves_the_queue() -> None:
     queue = make_queue(cap=1, depth=4, timeout=0.05)
-    busy = await queue.acquire("k", None)
+    busy = await take(queue, "k")
     with pytest.raises(ServerOverloaded, match="waited"):
-        await queue.acquire("k", None)
+        await take(queue, "k")
     assert queue.size == 0
     queue.release(busy)
     assert busy.inflight == 0
@@ -117,9 +122,9 @@ async def test_waiting_too_long_is_a_503_and_leaves_the_queue() -> None:
 
 async def test_client_leaving_while_queued_frees_its_place_at_once() -> None:
     queue = make_queue(cap=1, depth=2)
-    busy = await queue.acquire("k", None)
-    leaving = asyncio.create_task(queue.acquire("k", None))
-    staying = asyncio.create_task(queue.acquire("k", None))
+    busy = await take(queue, "k")
+    leaving = asyncio.create_task(take(queue, "k"))
+    staying = asyncio.create_task(take(queue, "k"))
     await settle()
     leaving.cancel()
     await settle()
@@ -130,8 +135,8 @@ async def test_client_leaving_while_queued_frees_its_place_at_once() -> None:
 
 async def test_worker_handed_to_a_client_that_just_left_is_given_back() -> None:
     queue = make_queue(cap=1, depth=2)
-    busy = await queue.acquire("k", None)
-    waiter = asyncio.create_task(queue.acquire("k", None))
+    busy = await take(queue, "k")
+    waiter = asyncio.create_task(take(queue, "k"))
     await settle()
     queue.release(busy)  # the waiter's future now holds the worker...
     waiter.cancel()  # ...and its client leaves before it runs
@@ -144,25 +149,27 @@ async def test_worker_handed_to_a_client_that_just_left_is_given_back() -> None:
 async def test_no_worker_taking_traffic_is_no_healthy_backend_with_retry_after() -> None:
     queue = make_queue(cap=1, depth=2)
     worker = queue.route.workers[0]
-    busy = await queue.acquire("k", None)
-    waiting = asyncio.create_task(queue.acquire("k", None))
+    busy = await take(queue, "k")
+    waiting = asyncio.create_task(take(queue, "k"))
     await settle()
     worker.up = False
     queue.pump()  # what the health monitor does after a round
     with pytest.raises(NoHealthyBackend):
         await waiting
     with pytest.raises(NoHealthyBackend) as refused:
-        await queue.acquire("k", None)
+        await take(queue, "k")
     assert refused.value.headers["retry-after"] == "1"
     queue.release(busy)
 
 
 async def test_retry_takes_another_worker_even_when_saturated() -> None:
     queue = make_queue(cap=1, depth=2, workers=2)
-    first = await queue.acquire("k", None)
-    second = await queue.acquire("k", None)
+    first = await take(queue, "k")
+    second = await take(queue, "k")
     assert first is not second
-    assert queue.take_another(frozenset({first})) is second  # saturated, still taken
+    retry = queue.take_another(frozenset({first}))
+    assert retry is not None
+    assert (retry.worker, retry.reason) == (second, "retry")  # saturated, still taken
     assert queue.take_another(frozenset({first, second})) is None
     assert second.inflight == 2
 
@@ -170,12 +177,12 @@ async def test_retry_takes_another_worker_even_when_saturated() -> None:
 async def test_depth_gauge_and_rejections_are_counted() -> None:
     metrics = Metrics()
     queue = ModelQueue(make_queue().route, QueueSettings(1, 5.0, 3.0), metrics)
-    busy = await queue.acquire("k", None)
-    waiting = asyncio.create_task(queue.acquire("k", None))
+    busy = await take(queue, "k")
+    waiting = asyncio.create_task(take(queue, "k"))
     await settle()
     assert sample(metrics.registry, "gateway_queue_depth", model="m") == 1
     with pytest.raises(ServerOverloaded):
-        await queue.acquire("k", None)
+        await take(queue, "k")
     assert sample(metrics.registry, "gateway_queue_rejections_total", model="m", reason="full") == 1
     queue.release(busy)
     queue.release(await waiting)
@@ -185,9 +192,9 @@ async def test_depth_gauge_and_rejections_are_counted() -> None:
 
 async def test_a_worker_freed_right_as_the_head_of_the_queue_leaves_goes_to_the_next() -> None:
     queue = make_queue(cap=1, depth=2)
-    busy = await queue.acquire("k", None)
-    leaving = asyncio.create_task(queue.acquire("k", None))
-    staying = asyncio.create_task(queue.acquire("k", None))
+    busy = await take(queue, "k")
+    leaving = asyncio.create_task(take(queue, "k"))
+    staying = asyncio.create_task(take(queue, "k"))
     await settle()
     leaving.cancel()  # its future is cancelled now; the task only learns of it later
     queue.release(busy)  # in the same loop step: must skip it, not fail on it

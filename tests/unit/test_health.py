@@ -10,8 +10,9 @@ import pytest
 from gateway.config.models import parse_models_config
 from gateway.observe.metrics import Metrics
 from gateway.routing.ejections import Backoff, LocalEjections
-from gateway.routing.health import Health, HealthSettings, saturation_from_metrics
+from gateway.routing.health import Health, HealthSettings
 from gateway.routing.registry import Registry, Worker
+from gateway.routing.scrape import saturation_from_metrics
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_waiting Number of requests waiting to be processed.

@@ -22,9 +22,9 @@ def route(*inflight: int, cap: int = 10) -> ModelRoute:
 
 
 def pick(r: ModelRoute, **kwargs: object) -> Worker:
-    worker = choose(r, NOW, STALE, **kwargs)  # type: ignore[arg-type]
-    assert worker is not None
-    return worker
+    choice = choose(r, NOW, STALE, **kwargs)  # type: ignore[arg-type]
+    assert choice is not None
+    return choice.worker
 
 
 def test_idle_workers_share_requests_evenly() -> None:
