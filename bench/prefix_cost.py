@@ -16,8 +16,8 @@ import orjson
 
 from gateway.api.validation import parse_request
 from gateway.request import Endpoint, RequestView
+from gateway.routing.cache_aware import PrefixRouting, PrefixSettings
 from gateway.routing.policy import Preference, choose
-from gateway.routing.prefix import PrefixRouting, PrefixSettings
 from gateway.routing.registry import ModelRoute, Worker
 
 SIZES = (4 * 1024, 64 * 1024)

@@ -34,9 +34,10 @@ from gateway.relay.relay import Deadlines
 from gateway.relay.upstream import RetryPolicy, Upstream
 from gateway.request import Endpoint
 from gateway.routing.admission import Dispatcher, QueueSettings
+from gateway.routing.cache_aware import PrefixSettings
 from gateway.routing.ejections import Backoff, Ejections, LocalEjections, RedisEjections
 from gateway.routing.health import Health, HealthSettings
-from gateway.routing.prefix import PrefixSettings
+from gateway.routing.kv_feeds import KvEventFeeds
 from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
@@ -100,6 +101,7 @@ def _prefix_settings(settings: Settings) -> PrefixSettings | None:
         cache_tokens=settings.prefix_cache_tokens,
         balance=settings.prefix_balance,
         min_blocks=settings.prefix_min_blocks,
+        exact=settings.prefix_kv_events,
     )
 
 
@@ -158,14 +160,17 @@ async def _build_state(
         dispatcher=dispatcher,
         models_body=models_payload(models),
         prefix_share=_prefix_share(settings, registry),
+        kv_feeds=KvEventFeeds(registry, probe, settings.health_timeout),
     )
     await health.start()  # what is known of the workers, before the first request
     if state.prefix_share is not None:
         await state.prefix_share.start()
+    await state.kv_feeds.start()
     return state
 
 
 async def _close_state(state: AppState) -> None:
+    await state.kv_feeds.aclose()
     if state.prefix_share is not None:
         await state.prefix_share.aclose()
     await state.health.aclose()

@@ -16,6 +16,7 @@ from gateway.relay.relay import Deadlines
 from gateway.relay.upstream import Upstream
 from gateway.routing.admission import Dispatcher
 from gateway.routing.health import Health
+from gateway.routing.kv_feeds import KvEventFeeds
 from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
@@ -36,3 +37,4 @@ class AppState:
     dispatcher: Dispatcher
     models_body: bytes  # GET /v1/models, rendered once
     prefix_share: PrefixShare | None  # cache-aware routing decisions shared through Redis
+    kv_feeds: KvEventFeeds  # precise mode: the workers' KV-cache events (idle otherwise)

@@ -6,6 +6,8 @@ FastAPI request parsing or dependency solving per request, only what the gateway
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -21,13 +23,14 @@ from gateway.errors import GatewayError, ModelNotFound
 from gateway.limits.limiter import Reservation
 from gateway.limits.reserve import reserve_tokens
 from gateway.record import RequestRecord
+from gateway.relay.amend import body_asking_usage, body_tagged
 from gateway.relay.lease import WorkerLease
 from gateway.relay.relay import Outbound, Relay
-from gateway.relay.usage import UsageTap, body_asking_usage
+from gateway.relay.usage import UsageTap
 from gateway.request import Endpoint, RequestView
 from gateway.routing.admission import ModelQueue
+from gateway.routing.cache_aware import PrefixRouting
 from gateway.routing.policy import Preference
-from gateway.routing.prefix import PrefixRouting
 from gateway.state import AppState
 
 router = APIRouter()
@@ -65,16 +68,21 @@ class CompletionRoute:
             await exc.to_response()(scope, receive, send)
             return
         record.model = view.model  # a configured name: a bounded metrics label
-        prefer = _preference(state.settings, scope, view, queue.route.prefix)
+        prefix = queue.route.prefix
+        prefer = _preference(state.settings, scope, view, prefix)
         if prefer is not None and prefer.prefix is not None:
             record.prompt_blocks = len(prefer.prefix)
         lease = WorkerLease(queue, state.health, record, key=principal.name, prefer=prefer)
-        relay = Relay(state.upstream, state.deadlines, lease, record, _outbound(view, reservation))
+        outbound = _outbound(view, reservation, prefer.tag if prefer is not None else None)
         try:
-            await relay(scope, receive, send)
+            await Relay(state.upstream, state.deadlines, lease, record, outbound)(
+                scope, receive, send
+            )
         finally:
             if reservation is not None:
                 await state.limiter.settle(reservation, record.tokens_used())
+            if prefix is not None and record.usage is not None:
+                prefix.learn(record.prompt_blocks, record.usage.prompt)
 
 
 def _queue_for(state: AppState, principal: Principal, model: str) -> ModelQueue:
@@ -105,9 +113,15 @@ def _preference(
     hashes = prefix.hashes(view) if prefix is not None else None
     if session is None and bucket is None and not hashes:
         return None
-    return Preference(
-        session=session, length_bucket=bucket, buckets=len(boundaries) + 1, prefix=hashes
-    )
+    tag = _tag(view) if prefix is not None and prefix.exact is not None and hashes else None
+    return Preference(session, bucket, len(boundaries) + 1, hashes, tag)
+
+
+def _tag(view: RequestView) -> str:
+    """What marks the request on the worker's KV-cache events: vLLM's `session_id` (the
+    client's own when it set one)."""
+    client = view.doc.get("session_id")
+    return client if isinstance(client, str) and client else "gw-" + os.urandom(8).hex()
 
 
 async def _admit(state: AppState, principal: Principal, view: RequestView) -> Reservation | None:
@@ -117,13 +131,16 @@ async def _admit(state: AppState, principal: Principal, view: RequestView) -> Re
     return await state.limiter.admit(principal, reserve)
 
 
-def _outbound(view: RequestView, reservation: Reservation | None) -> Outbound:
+def _outbound(view: RequestView, reservation: Reservation | None, tag: str | None) -> Outbound:
     headers = reservation.headers if reservation is not None else []
-    path = view.endpoint.path
+    tap = None
+    body = view.body
     if view.stream:  # ask vLLM for the usage chunk (token counters); strip it if not asked
         tap = UsageTap(strip=not view.include_usage)
-        return Outbound(path, body_asking_usage(view), True, headers, tap)
-    return Outbound(path, view.body, False, headers)
+        body = body_asking_usage(view)
+    if tag is not None:
+        body = body_tagged(body, view, tag)
+    return Outbound(view.endpoint.path, body, view.stream, headers, tap)
 
 
 def completion_routes() -> dict[str, CompletionRoute]:

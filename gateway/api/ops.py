@@ -70,6 +70,8 @@ def _worker_state(
     route = state.registry.route(worker.model)
     if route is not None and route.prefix is not None:
         shown["prefix_blocks"] = route.prefix.index.size(worker.slot)  # the index's view
+        if route.prefix.exact is not None:  # precise mode: the blocks its events say it holds
+            shown["kv_blocks"] = route.prefix.exact.size(worker.slot)
     return shown
 
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     prefix_cache_tokens: Annotated[int, Field(ge=1)] = 200_000
     prefix_balance: Annotated[float, Field(ge=0)] = 0.25
     prefix_min_blocks: Annotated[int, Field(ge=1)] = 1
+    # Precise mode: follow each worker's KV-cache events (vLLM --kv-events-config, found at its
+    # /kv_event_sources), so the index holds what a worker's cache really holds.
+    prefix_kv_events: bool = False
     # Redis pub/sub channel on which replicas share their routing decisions (one per deployment).
     prefix_redis_channel: str = "gateway:prefix"
     # Steer prompts by size (body bytes) to workers by bucket: boundaries between buckets.

@@ -1,7 +1,7 @@
 """What vLLM reports a request used (for the limits and the token counters).
 
-Streams ask vLLM for its final usage chunk, spliced into the body without re-encoding it; the
-chunk is dropped again when the client did not ask for it.
+Streams ask vLLM for its final usage chunk (relay/amend.py); the chunk is dropped again when the
+client did not ask for it.
 """
 
 from __future__ import annotations
@@ -9,25 +9,10 @@ from __future__ import annotations
 import orjson
 
 from gateway.record import Usage
-from gateway.request import RequestView
 
 _USAGE = b'"usage"'  # a key: inside generated text its quotes would be escaped
 # vLLM writes `"usage":null` on every chunk once usage is asked; only an object is the report.
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
-_ASK_USAGE = b'{"stream_options":{"include_usage":true},'
-
-
-def body_asking_usage(view: RequestView) -> bytes:
-    """The body, amended to ask vLLM for the final usage chunk of a stream."""
-    if not view.stream or view.include_usage:
-        return view.body
-    if "stream_options" not in view.doc:
-        # Not there at all: splice it in after the opening brace (the object has `model`, so
-        # a member follows), leaving every byte the client sent as it was.
-        start = view.body.index(b"{")
-        return _ASK_USAGE + view.body[start + 1 :]
-    options = view.doc["stream_options"] or {}  # null: as if absent
-    return orjson.dumps({**view.doc, "stream_options": {**options, "include_usage": True}})
 
 
 def usage_from(report: object) -> Usage | None:

@@ -84,7 +84,7 @@ class ModelQueue:
         worker.inflight += 1
         prefix = self.route.prefix
         if prefix is not None and prefer is not None and prefer.prefix:
-            prefix.note(worker.model, worker.name, worker.slot, prefer.prefix)
+            prefix.note(worker.model, worker.name, worker.slot, prefer.prefix, prefer.tag)
         return choice
 
     def release(self, worker: Worker) -> None:

@@ -163,7 +163,7 @@ class Health:
             prefix.cache_tokens(worker.slot, scraped.cache_tokens)
         if scraped.started is not None:
             if worker.started is not None and scraped.started != worker.started:
-                prefix.index.forget(worker.slot)  # restarted: its prefix cache is empty
+                prefix.forget(worker.slot)  # restarted: its prefix cache is empty
                 log.warning("worker %s (%s) restarted", worker.name, worker.model)
             worker.started = scraped.started
 

@@ -35,6 +35,7 @@ class Preference:
     length_bucket: int | None = None  # index of the prompt's size bucket, when steering is on
     buckets: int = 1
     prefix: Sequence[int] | None = None  # the prompt's block hashes, for cache-aware routing
+    tag: str | None = None  # the request's tag on the worker's KV-cache events (precise mode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -115,6 +114,14 @@ class PrefixIndex:
                 holders[block] = holders.get(block, 0) | bit
         self._evict(slot)
 
+    def drop(self, slot: int, hashes: Sequence[int]) -> None:
+        """The worker no longer holds these blocks (its cache evicted them)."""
+        lru = self._lru[slot]
+        for block in hashes:
+            if block in lru:
+                del lru[block]
+                self._drop(slot, block)
+
     def forget(self, slot: int) -> None:
         """The worker lost its cache (restarted, removed)."""
         lru = self._lru[slot]
@@ -133,53 +140,3 @@ class PrefixIndex:
             self._holders[block] = left
         else:
             self._holders.pop(block, None)
-
-
-# Publishes a local routing decision to the other gateway replicas: (model, worker, hashes).
-Share = Callable[[str, str, Sequence[int]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixSettings:
-    block_bytes: int  # canonical prompt bytes per block (~ vLLM's 128-token block)
-    bytes_per_token: float  # to turn a worker's KV cache size in tokens into blocks
-    cache_tokens: int  # a worker's KV cache when its /metrics does not say
-    balance: float  # load difference beyond which the least loaded wins over the cache
-    min_blocks: int  # leading blocks a worker must hold to be chosen for its cache
-
-    def blocks_for(self, tokens: int) -> int:
-        return max(int(tokens * self.bytes_per_token) // self.block_bytes, 1)
-
-
-@dataclass(eq=False, slots=True)
-class PrefixRouting:
-    """Cache-aware routing of one model: its index and the rules that weigh it against load."""
-
-    index: PrefixIndex
-    settings: PrefixSettings
-    share: Share | None = None
-
-    @classmethod
-    def for_workers(cls, slots: int, settings: PrefixSettings) -> PrefixRouting:
-        return cls(PrefixIndex(slots, settings.blocks_for(settings.cache_tokens)), settings)
-
-    @property
-    def balance(self) -> float:
-        return self.settings.balance
-
-    @property
-    def min_blocks(self) -> int:
-        return self.settings.min_blocks
-
-    def hashes(self, view: RequestView) -> list[int]:
-        return block_hashes(canonical_prompt(view), self.settings.block_bytes)
-
-    def note(self, model: str, worker: str, slot: int, hashes: Sequence[int]) -> None:
-        """This replica sent these blocks to the worker: remember it, and tell the others."""
-        self.index.record(slot, hashes)
-        if self.share is not None:
-            self.share(model, worker, hashes)
-
-    def cache_tokens(self, slot: int, tokens: int) -> None:
-        """The worker's KV cache holds `tokens` (vLLM's cache_config_info)."""
-        self.index.set_capacity(slot, self.settings.blocks_for(tokens))

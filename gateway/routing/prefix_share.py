@@ -36,14 +36,14 @@ class PrefixShare:
         self._channel = channel
         self._registry = registry
         self._me = os.urandom(8).hex()
-        self._pending: list[tuple[str, str, Sequence[int]]] = []
+        self._pending: list[tuple[str, str, Sequence[int], str | None]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
 
-    def publish(self, model: str, worker: str, hashes: Sequence[int]) -> None:
+    def publish(self, model: str, worker: str, hashes: Sequence[int], tag: str | None) -> None:
         """Queue a local decision for the others (the request path: no I/O here)."""
-        self._pending.append((model, worker, hashes))
+        self._pending.append((model, worker, hashes, tag))
         self._wake.set()
 
     async def start(self) -> None:
@@ -89,11 +89,12 @@ class PrefixShare:
             return
         for decision in doc.get("decisions", ()):
             try:
-                model, name, hashes = decision
+                model, name, hashes, tag = decision
                 route = self._registry.route(model)
                 worker = route.worker(name) if route is not None else None
                 if route is not None and route.prefix is not None and worker is not None:
-                    route.prefix.index.record(worker.slot, [int(h) for h in hashes])
+                    blocks = [int(h) for h in hashes]
+                    route.prefix.noted_elsewhere(worker.slot, blocks, tag if tag else None)
             except (TypeError, ValueError):
                 continue  # not one of ours
 

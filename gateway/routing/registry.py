@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config.models import ModelsConfig, WorkerConfig
-from gateway.routing.prefix import PrefixRouting, PrefixSettings
+from gateway.routing.cache_aware import PrefixRouting, PrefixSettings
 
 
 @dataclass(eq=False, slots=True)

@@ -13,6 +13,7 @@ POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"delay": 0.5}                             every completion waits 0.5 s before answering
   {"waiting": 12, "kv": 0.9}                 what /metrics reports (vLLM's queue and KV cache)
   {"cache_blocks": 40}                       its KV cache size (cache_config_info, 16-token blocks)
+  {"prompt_tokens": 900}                     the prompt tokens its usage reports (default 3)
   {"health": 503}                            what /health answers
   {"status": 503}                            every completion answers this error
   {"reset": true}                            zero the stats
@@ -52,6 +53,7 @@ class Control:
     health: int = 200
     status: int | None = None
     cache_blocks: int = 1000  # vllm:cache_config_info num_gpu_blocks (block_size 16)
+    prompt_tokens: int = 3  # what usage reports
 
 
 class FakeVLLM:
@@ -155,7 +157,11 @@ class FakeVLLM:
             await _respond(
                 writer,
                 200,
-                _dumps(_completion(self.model, chat, script.get("text", "hello"))).encode(),
+                _dumps(
+                    _completion(
+                        self.model, chat, script.get("text", "hello"), self.control.prompt_tokens
+                    )
+                ).encode(),
             )
             return
         writer.write(
@@ -209,9 +215,9 @@ class FakeVLLM:
                 "model": self.model,
                 "choices": [],
                 "usage": {
-                    "prompt_tokens": 3,
+                    "prompt_tokens": self.control.prompt_tokens,
                     "completion_tokens": count,
-                    "total_tokens": 3 + count,
+                    "total_tokens": self.control.prompt_tokens + count,
                 },
             }
             await _chunk(writer, b"data: " + _dumps(usage).encode() + b"\n\n")
@@ -223,7 +229,7 @@ def _dumps(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"))  # compact, as vLLM writes it
 
 
-def _completion(model: str, chat: bool, text: str) -> dict[str, Any]:
+def _completion(model: str, chat: bool, text: str, prompt_tokens: int) -> dict[str, Any]:
     choice: dict[str, Any] = (
         {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         if chat
@@ -235,7 +241,11 @@ def _completion(model: str, chat: bool, text: str) -> dict[str, Any]:
         "created": 0,
         "model": model,
         "choices": [choice],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": 1,
+            "total_tokens": prompt_tokens + 1,
+        },
     }
 
 

@@ -61,8 +61,8 @@ def test_the_index_follows_each_workers_cache_size_and_forgets_a_restarted_one(
     tmp_path: Path,
 ) -> None:
     with fleet(tmp_path, 2) as workers, gateway(tmp_path, workers.models(), PREFIX_ON) as url:
-        workers.control(0, cache_blocks=32)  # 32 x 16 tokens x 4 bytes: 4 blocks of 512 bytes
-        workers.control(1, cache_blocks=32)
+        for worker in (0, 1):  # 32 x 16 tokens, at the 4 bytes a token usage says: 4 blocks
+            workers.control(worker, cache_blocks=32, prompt_tokens=800)
         time.sleep(0.5)  # a health round reads it
         for seed in range(4):
             served_by(workers, url, conversation(seed, 3))

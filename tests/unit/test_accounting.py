@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.api.validation import parse_request
-from gateway.relay.usage import body_asking_usage
+from gateway.relay.amend import body_asking_usage
 from gateway.request import Endpoint
 
 

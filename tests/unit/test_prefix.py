@@ -9,8 +9,9 @@ import pytest
 
 from gateway.api.validation import parse_request
 from gateway.request import Endpoint
+from gateway.routing.cache_aware import PrefixRouting, PrefixSettings
 from gateway.routing.policy import Choice, Preference, choose
-from gateway.routing.prefix import PrefixIndex, PrefixRouting, PrefixSettings, block_hashes
+from gateway.routing.prefix import PrefixIndex, block_hashes
 from gateway.routing.registry import ModelRoute, Worker
 
 NOW = 1000.0
@@ -201,8 +202,8 @@ def test_no_match_is_plain_least_loaded_and_a_session_still_overrides() -> None:
 def test_a_match_shorter_than_min_blocks_does_not_count(min_blocks: int) -> None:
     r = route(1, 0)
     assert r.prefix is not None
-    r.prefix = PrefixRouting(
-        r.prefix.index,
+    r.prefix = PrefixRouting.for_workers(
+        2,
         PrefixSettings(
             block_bytes=BLOCK,
             bytes_per_token=4.0,
