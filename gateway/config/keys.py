@@ -68,12 +68,51 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML broke, never what the line says (it may hold a key)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return "not valid YAML"
+    return f"not valid YAML (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _field_problems(exc: ValidationError, doc: object) -> str:
+    """Each bad field by its place and the key's name, never by its value."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        place, node = "", doc
+        for step in error["loc"]:
+            if isinstance(step, int) and isinstance(node, list) and step < len(node):
+                node = node[step]
+                name = node.get("name") if isinstance(node, dict) else None
+                place += f"[{step}]" + (f" (name={name})" if isinstance(name, str) else "")
+            else:
+                place += f".{step}" if place else str(step)
+                node = node.get(step) if isinstance(node, dict) else None
+        message = error["msg"]  # pydantic's messages name the rule, not the value
+        if error["loc"][-1:] == ("sha256",):
+            message = "must be the key's SHA-256 (64 hex digits): the file holds hashes, not keys"
+        problems.append(f"{place or '(file)'}: {message}")
+    return "; ".join(problems)
+
+
 def parse_keys(text: str, source: str) -> dict[str, Principal]:
+    """The keys of a keys file. A file that holds no keys is refused unless it says so
+    (`keys: []`): an empty or truncated file must not lock every client out by accident.
+    Messages name fields and key names, never a value (a key pasted by mistake, a hash)."""
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid keys file: {_yaml_problem(exc)}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ConfigError(
+            f"{source}: invalid keys file: expected `keys:` with a list of keys "
+            "(write `keys: []` to run with none)"
+        )
+    try:
         keys = KeysFile.model_validate(doc)
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"{source}: invalid keys file: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid keys file: {_field_problems(exc, doc)}") from None
     table: dict[str, Principal] = {}
     for entry in keys.keys:
         if entry.sha256 in table:
@@ -119,11 +158,19 @@ class KeyStore:
             return False
         self._stamp = stamp
         try:
-            self._table = parse_keys(self._read(), str(self._path))
+            table = parse_keys(self._read(), str(self._path))
         except ConfigError as exc:
             log.error("keeping the previous keys: %s", exc)
             return False
-        log.info("keys file reloaded: %d keys", len(self._table))
+        before = {p.name for p in self._table.values()}
+        after = {p.name for p in table.values()}
+        self._table = table
+        log.warning(
+            "keys file reloaded: %d keys; added: %s; removed: %s",
+            len(table),
+            ", ".join(sorted(after - before)) or "none",
+            ", ".join(sorted(before - after)) or "none",
+        )
         return True
 
     async def watch(self, interval: float) -> None:
