@@ -30,7 +30,7 @@ from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.logs import AccessSink, configure_logging, logging_access
 from gateway.observe.metrics import Metrics
 from gateway.observe.tracing import Tracing
-from gateway.relay.relay import Deadlines
+from gateway.relay.relay import Bounds
 from gateway.relay.upstream import RetryPolicy, Upstream
 from gateway.request import Endpoint
 from gateway.routing.admission import Dispatcher, QueueSettings
@@ -150,8 +150,12 @@ async def _build_state(
         registry=registry,
         upstream=_upstream(settings),
         probe=probe,
-        deadlines=Deadlines(
-            settings.first_byte_timeout, settings.idle_timeout, settings.total_timeout
+        bounds=Bounds(
+            settings.first_byte_timeout,
+            settings.idle_timeout,
+            settings.total_timeout,
+            settings.max_response_bytes,
+            settings.max_event_bytes,
         ),
         metrics=metrics,
         keys=keys,

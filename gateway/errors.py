@@ -161,6 +161,19 @@ class UpstreamFailed(GatewayError):
     worker_fault = "failed"
 
 
+class UpstreamInvalid(UpstreamFailed):
+    """The worker broke the protocol: a 200 whose body is not a JSON object, stream bytes that
+    are not SSE events, or an answer or event over the size limit. `violation` says which."""
+
+    def __init__(self, message: str, *, violation: str) -> None:
+        super().__init__(message)
+        self.violation = violation
+
+
+# The kinds of UpstreamInvalid.violation (gateway_upstream_invalid_total's `kind`).
+PROTOCOL_VIOLATIONS = ("not_json", "not_sse", "too_large", "event_too_large")
+
+
 class UpstreamOverloaded(GatewayError):
     """The worker itself answered 503 (its queue is full): safe to try another worker."""
 

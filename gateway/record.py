@@ -62,6 +62,7 @@ class RequestRecord:
     usage: Usage | None = None
     status: int = 0  # of the answer the client got; 0 until one started
     error_code: str | None = None  # when it was an error, even one sent mid-stream
+    upstream_violation: str | None = None  # how the worker broke the protocol, if it did
     client_gone: bool = False  # the client left before the answer was finished
     duration: float = 0.0  # seconds, set by finish()
 

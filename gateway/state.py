@@ -12,7 +12,7 @@ from gateway.config.models import ModelsConfig
 from gateway.config.settings import Settings
 from gateway.limits.limiter import Limiter
 from gateway.observe.metrics import Metrics
-from gateway.relay.relay import Deadlines
+from gateway.relay.relay import Bounds
 from gateway.relay.upstream import Upstream
 from gateway.routing.admission import Dispatcher
 from gateway.routing.health import Health
@@ -29,7 +29,7 @@ class AppState:
     registry: Registry
     upstream: Upstream  # relayed requests (aiohttp)
     probe: HttpProbe  # health probes and /ready checks (httpx)
-    deadlines: Deadlines
+    bounds: Bounds
     metrics: Metrics
     keys: KeyStore | None  # None: auth switched off
     limiter: Limiter

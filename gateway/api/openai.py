@@ -75,9 +75,7 @@ class CompletionRoute:
         lease = WorkerLease(queue, state.health, record, key=principal.name, prefer=prefer)
         outbound = _outbound(view, reservation, prefer.tag if prefer is not None else None)
         try:
-            await Relay(state.upstream, state.deadlines, lease, record, outbound)(
-                scope, receive, send
-            )
+            await Relay(state.upstream, state.bounds, lease, record, outbound)(scope, receive, send)
         finally:
             if reservation is not None:
                 await state.limiter.settle(reservation, record.tokens_used())

@@ -104,5 +104,9 @@ class Settings(BaseSettings):
     retry_budget: Seconds = 10.0
 
     max_body_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    # A worker's answer larger than this (non-streaming), or one stream event larger than
+    # `max_event_bytes`, is refused as a broken protocol (502 upstream_error).
+    max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    max_event_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
     # One per open stream (HTTP/1.1): beyond it requests wait for a free connection.
     max_upstream_connections: Annotated[int, Field(gt=0)] = 16384

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gateway.errors import WORKER_FAULTS
+from gateway.errors import PROTOCOL_VIOLATIONS, WORKER_FAULTS
 from gateway.record import ROUTE_REASONS, RequestRecord
 
 # prometheus_client's multi-process mode: each process writes its samples to files in this
@@ -131,6 +131,14 @@ class Metrics:
             ["model", "worker", "kind"],
             registry=self.registry,
         )
+        self.upstream_invalid = Counter(
+            "gateway_upstream_invalid",
+            "Worker answers that broke the protocol, by kind: not_json (a 200 that is not a "
+            "JSON object), not_sse (stream bytes that are not SSE events), too_large (over "
+            "GATEWAY_MAX_RESPONSE_BYTES), event_too_large (an event over GATEWAY_MAX_EVENT_BYTES).",
+            ["model", "worker", "kind"],
+            registry=self.registry,
+        )
         self.upstream_retries = Counter(
             "gateway_upstream_retries",
             "Requests sent again to another worker before any byte reached the client.",
@@ -217,6 +225,8 @@ class Metrics:
                 self.worker_ejections.labels(model, worker)
                 for kind in WORKER_FAULTS:
                     self.upstream_errors.labels(model, worker, kind)
+                for kind in PROTOCOL_VIOLATIONS:
+                    self.upstream_invalid.labels(model, worker, kind)
 
     def observe(self, record: RequestRecord) -> None:
         """Count a finished request: status and duration for every request; for one that was
@@ -244,6 +254,8 @@ class Metrics:
             self.upstream_retries.labels(model).inc(record.retries)
         if record.route is not None:
             self.routing_decisions.labels(model, record.route).inc()
+        if record.upstream_violation is not None and record.worker is not None:
+            self.upstream_invalid.labels(model, record.worker, record.upstream_violation).inc()
         if record.prompt_blocks and record.worker is not None:
             self.prefix_prompt_blocks.labels(model, record.worker).inc(record.prompt_blocks)
             self.prefix_cached_blocks.labels(model, record.worker).inc(record.cached_blocks)

@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, UpstreamFailed, UpstreamTimeout, upstream_error_from_body
+from gateway.errors import (
+    GatewayError,
+    UpstreamFailed,
+    UpstreamInvalid,
+    UpstreamTimeout,
+    upstream_error_from_body,
+)
 from gateway.record import RequestRecord
 from gateway.relay.deadline import MovingDeadline
 from gateway.relay.disconnect import ClientGone, DisconnectWatch
 from gateway.relay.lease import WorkerLease
 from gateway.relay.sse import SSEFramer, leading_error
 from gateway.relay.upstream import Upstream, UpstreamRequest, UpstreamResponse
-from gateway.relay.usage import UsageTap, usage_of_response
+from gateway.relay.usage import UsageTap, usage_of_answer
 
 log = logging.getLogger("gateway.relay")
 
@@ -34,13 +40,16 @@ _SSE_HEADERS = [
 
 
 @dataclass(frozen=True, slots=True)
-class Deadlines:
-    """Seconds: streams get `first_byte` for their first event, then `idle` between events,
-    all under `total`; a non-streaming answer arrives whole within `total`."""
+class Bounds:
+    """What bounds an exchange. Seconds: streams get `first_byte` for their first event, then
+    `idle` between events, all under `total`; a non-streaming answer arrives whole within
+    `total`. Bytes: a non-streaming answer, one stream event."""
 
     first_byte: float
     idle: float
     total: float
+    max_response_bytes: int = 64 << 20
+    max_event_bytes: int = 1 << 20
 
 
 @dataclass(slots=True)
@@ -62,13 +71,13 @@ class Relay:
     def __init__(
         self,
         upstream: Upstream,
-        deadlines: Deadlines,
+        bounds: Bounds,
         lease: WorkerLease,
         record: RequestRecord,
         outbound: Outbound,
     ) -> None:
         self._upstream = upstream
-        self._deadlines = deadlines
+        self._bounds = bounds
         self._lease = lease
         self._record = record
         self._out = outbound
@@ -127,13 +136,13 @@ class Relay:
         return await self._upstream.open_retrying(worker, self._lease.switch, request)
 
     async def _relay_unary(self) -> None:
-        total = self._deadlines.total
+        total = self._bounds.total
         sent_at = time.perf_counter()
         try:
             async with asyncio.timeout(total):
                 response = await self._open()
                 try:
-                    body = await response.read()
+                    body = await response.read(self._bounds.max_response_bytes)
                 finally:
                     response.close()
         except TimeoutError:
@@ -144,16 +153,16 @@ class Relay:
             self._record.timing.upstream = time.perf_counter() - sent_at
         if response.status != 200:
             raise upstream_error_from_body(response.status, body)
-        self._record.usage = usage_of_response(body)
+        self._record.usage = usage_of_answer(body)  # UpstreamInvalid: not a JSON object
         await self._start(200, [(b"content-type", response.content_type.encode())], len(body))
         await self._body(body, final=True)
 
     async def _relay_stream(self) -> str | None:
         """Relay the stream; returns the worker's fault when it broke after the answer began."""
         loop = asyncio.get_running_loop()
-        total_deadline = loop.time() + self._deadlines.total
-        first_deadline = min(loop.time() + self._deadlines.first_byte, total_deadline)
-        framer = SSEFramer()
+        total_deadline = loop.time() + self._bounds.total
+        first_deadline = min(loop.time() + self._bounds.first_byte, total_deadline)
+        framer = SSEFramer(self._bounds.max_event_bytes)
         committed = False
         try:
             async with MovingDeadline(first_deadline) as deadline:
@@ -185,7 +194,7 @@ class Relay:
     ) -> None:
         """The stream after its first event, until the worker ends it."""
         loop = asyncio.get_running_loop()
-        idle = self._deadlines.idle
+        idle = self._bounds.idle
         timing = self._record.timing
         read = response.read_chunk
         while True:
@@ -207,7 +216,8 @@ class Relay:
         try:
             self._response = response = await self._open()
             if response.status != 200:
-                raise upstream_error_from_body(response.status, await response.read())
+                refusal = await response.read(self._bounds.max_response_bytes)
+                raise upstream_error_from_body(response.status, refusal)
             events = b""
             while not events:
                 chunk = await response.read_chunk()
@@ -229,9 +239,7 @@ class Relay:
         if isinstance(exc, GatewayError):
             failure = exc
         else:
-            what = (
-                f"no data for {self._deadlines.idle:g}s" if committed else "no first token in time"
-            )
+            what = f"no data for {self._bounds.idle:g}s" if committed else "no first token in time"
             failure = UpstreamTimeout(f"worker {self._worker_name} stalled: {what}")
         if not committed:
             raise failure from None
@@ -242,7 +250,7 @@ class Relay:
             failure.code,
             self._worker_name,
         )
-        self._record.error_code = failure.code
+        self._note(failure)
         await self._body(failure.sse_event(), final=True)
         return failure.worker_fault
 
@@ -277,8 +285,13 @@ class Relay:
         except OSError as exc:
             raise ClientGone from exc
 
-    async def _send_error(self, exc: GatewayError) -> None:
+    def _note(self, exc: GatewayError) -> None:
         self._record.error_code = exc.code
+        if isinstance(exc, UpstreamInvalid):
+            self._record.upstream_violation = exc.violation
+
+    async def _send_error(self, exc: GatewayError) -> None:
+        self._note(exc)
         body = exc.body()
         headers = [(b"content-type", b"application/json")]
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]

@@ -18,6 +18,7 @@ from yarl import URL
 from gateway.errors import (
     GatewayError,
     UpstreamFailed,
+    UpstreamInvalid,
     UpstreamTimeout,
     UpstreamUnavailable,
     upstream_error_from_body,
@@ -67,10 +68,23 @@ class UpstreamResponse:
         self.status = response.status
         self.content_type: str = response.headers.get("content-type", "application/json")
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int) -> bytes:
+        """The whole body; UpstreamInvalid when it is larger than `limit` bytes (refused before
+        it is buffered whole)."""
+        response = self._response
+        length = response.content_length
         try:
-            return await self._response.read()
+            if length is not None and length <= limit:
+                return await response.read()  # the common case: one read of a known size
+            if length is not None:
+                raise _too_large(self._worker, limit)
+            chunks, size = [], 0
+            while chunk := await response.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(self._worker, limit)
+                chunks.append(chunk)
+            return b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise failure(exc, self._worker) from None
 
@@ -88,6 +102,12 @@ class UpstreamResponse:
             self._response.release()
         else:
             self._response.close()
+
+
+def _too_large(worker: Worker, limit: int) -> UpstreamInvalid:
+    return UpstreamInvalid(
+        f"worker {worker.name} answered with more than {limit} bytes", violation="too_large"
+    )
 
 
 class Upstream:
@@ -146,7 +166,7 @@ class Upstream:
         answer = UpstreamResponse(response, worker)
         if answer.status == 503:
             try:
-                refusal = await answer.read()
+                refusal = await answer.read(1 << 16)
             finally:
                 answer.close()
             raise upstream_error_from_body(503, refusal)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 
+from gateway.errors import UpstreamInvalid
 from gateway.record import Usage
 
 _USAGE = b'"usage"'  # a key: inside generated text its quotes would be escaped
@@ -25,15 +26,15 @@ def usage_from(report: object) -> Usage | None:
     return None
 
 
-def usage_of_response(body: bytes) -> Usage | None:
-    """The usage of a non-streamed answer."""
-    if _USAGE not in body:
-        return None
+def usage_of_answer(body: bytes) -> Usage | None:
+    """The usage of a non-streamed answer, which must be a JSON object (UpstreamInvalid)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    return usage_from(doc.get("usage")) if isinstance(doc, dict) else None
+        doc = None
+    if not isinstance(doc, dict):
+        raise UpstreamInvalid("the worker's answer is not a JSON object", violation="not_json")
+    return usage_from(doc.get("usage"))
 
 
 class UsageTap:

@@ -8,6 +8,10 @@ The request body's `"fake"` object scripts the answer, e.g.
   {"fake": {"stall_after": 2}}               stop sending (but keep the socket) after 2 chunks
   {"fake": {"inband_error_after": 0}}        vLLM's mid-stream error event + [DONE]
   {"fake": {"text": "xyz"}}                  the completion's text (streams: xyz0, xyz1, ...)
+  {"fake": {"raw": "not json"}}              answer 200 with these bytes as the whole body
+  {"fake": {"pad": 200000}}                  a valid answer padded to at least that many bytes
+  {"fake": {"junk_after": 1}}                after 1 chunk, binary garbage instead of events
+  {"fake": {"big_event_after": 1, "pad": 9}} after 1 chunk, one event of `pad` bytes
 GET /fake/stats reports requests seen, in progress, and aborted by the peer (the gateway).
 POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"delay": 0.5}                             every completion waits 0.5 s before answering
@@ -154,15 +158,13 @@ class FakeVLLM:
         chat = path.endswith("/chat/completions")
         if not body.get("stream"):
             await _wait_or_peer_gone(reader, script.get("stall_first", 0))
-            await _respond(
-                writer,
-                200,
-                _dumps(
-                    _completion(
-                        self.model, chat, script.get("text", "hello"), self.control.prompt_tokens
-                    )
-                ).encode(),
+            answer = _completion(
+                self.model, chat, script.get("text", "hello"), self.control.prompt_tokens
             )
+            if script.get("pad"):
+                answer["padding"] = "x" * int(script["pad"])
+            raw = script.get("raw")
+            await _respond(writer, 200, raw.encode() if raw else _dumps(answer).encode())
             return
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -187,6 +189,12 @@ class FakeVLLM:
                 raise PeerGone
             if index == script.get("stall_after"):
                 await _wait_or_peer_gone(reader, 3600)
+            if index == script.get("junk_after"):
+                await _chunk(writer, bytes(range(256)) * 4 + b"\n\n" + bytes(range(7, 200)))
+                await _chunk(writer, b"")
+                return
+            if index == script.get("big_event_after"):
+                await _chunk(writer, b'data: {"x": "' + b"y" * int(script["pad"]) + b'"}\n\n')
             if index == script.get("inband_error_after"):
                 err = {
                     "error": {
