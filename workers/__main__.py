@@ -1,6 +1,7 @@
 """`python -m workers`: launch configs/models.yaml's workers on CPU, alone (`up`) or with the
 gateway in front (`run`, what `make run` does), or make a stand-in model (`tinymodel`); for a GPU
-host, check the placement (`check`) and render compose.gpu.yml and Prometheus' config (`render`).
+host, check the placement (`check`) and render compose.gpu.yml, Prometheus' config and the
+Kubernetes base in deploy/k8s/ (`render`).
 """
 
 from __future__ import annotations

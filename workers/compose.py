@@ -11,6 +11,11 @@ from typing import Any
 
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 from workers.flags import vllm_flags
+from workers.lifecycle import (
+    GATEWAY_STOP_GRACE_SECONDS,
+    WORKER_START_SECONDS,
+    WORKER_STOP_GRACE_SECONDS,
+)
 from workers.versions import ImageVersions
 
 GATEWAY_PORT = 8000
@@ -20,13 +25,13 @@ FIXED_SERVICES = ("gateway", "redis", "prometheus", "dcgm-exporter", "grafana")
 # Where ./configs (models file and keys file) appears inside the gateway container. A directory
 # mount, not a file mount, so an edited keys file (a new inode) is still seen and reloaded.
 CONFIG_DIR_IN_CONTAINER = "/etc/gateway"
-# /health answers 200 only once the weights are downloaded and loaded and the engine has warmed
-# up; for a large model from the hub that can take many minutes. Failures before it don't count.
-WORKER_START_PERIOD = "1800s"
-# vLLM frees GPU memory and ends its engine processes on SIGTERM; give it time before SIGKILL.
-WORKER_STOP_GRACE = "60s"
-# uvicorn drains open requests for up to 30 s (gateway/__main__.py timeout_graceful_shutdown).
-GATEWAY_STOP_GRACE = "40s"
+WORKER_START_PERIOD = f"{WORKER_START_SECONDS}s"
+WORKER_STOP_GRACE = f"{WORKER_STOP_GRACE_SECONDS}s"
+GATEWAY_STOP_GRACE = f"{GATEWAY_STOP_GRACE_SECONDS}s"
+# The gateway image, built from deploy/Dockerfile (compose builds it; a cluster pulls it).
+GATEWAY_IMAGE = "llm-gateway:local"
+# Limits and leases are short-lived by design: nothing worth persisting.
+REDIS_COMMAND = ("redis-server", "--save", "", "--appendonly", "no")
 HF_CACHE = "/root/.cache/huggingface"
 VLLM_CACHE = "/root/.cache/vllm"
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -51,8 +56,9 @@ def compose_errors(config: ModelsConfig) -> list[str]:
     return errors
 
 
-def _escape(value: str) -> str:
-    # Compose interpolates `$VAR` everywhere; a literal `$` in a vLLM argument must survive.
+def escape_dollars(value: str) -> str:
+    """A literal `$` survives as `$$`: compose interpolates `$VAR` everywhere, and Kubernetes
+    expands `$(VAR)` in a container's command and args, both turning `$$` back into `$`."""
     return value.replace("$", "$$")
 
 
@@ -84,7 +90,7 @@ def worker_service(model: ModelConfig, worker: WorkerConfig, image: str) -> dict
         raise ValueError(f"worker {worker.name!r} is attached by url; compose does not run it")
     return {
         "image": image,
-        "command": [_escape(flag) for flag in vllm_flags(model, worker)],
+        "command": [escape_dollars(flag) for flag in vllm_flags(model, worker)],
         "environment": {"HF_TOKEN": "${HF_TOKEN:-}"},
         "volumes": [f"hf-cache:{HF_CACHE}", f"{worker_cache_volume(worker)}:{VLLM_CACHE}"],
         # PyTorch shares tensors between the ranks of tensor/pipeline parallelism through shared
@@ -108,7 +114,7 @@ def gateway_service(versions: ImageVersions, config_in_container: str) -> dict[s
             "dockerfile": "deploy/Dockerfile",
             "args": {"PYTHON_IMAGE": versions.python},
         },
-        "image": "llm-gateway:local",
+        "image": GATEWAY_IMAGE,
         "environment": {
             "GATEWAY_HOST": "0.0.0.0",
             "GATEWAY_PORT": str(GATEWAY_PORT),
@@ -133,8 +139,7 @@ def support_services(versions: ImageVersions) -> dict[str, dict[str, Any]]:
     return {
         "redis": {
             "image": versions.redis,
-            # Limits and leases are short-lived by design: nothing worth persisting.
-            "command": ["redis-server", "--save", "", "--appendonly", "no"],
+            "command": list(REDIS_COMMAND),
             "healthcheck": {
                 "test": ["CMD", "redis-cli", "ping"],
                 "interval": "5s",

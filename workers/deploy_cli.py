@@ -1,4 +1,5 @@
-"""`python -m workers check` and `python -m workers render`: the GPU-deployment commands.
+"""`python -m workers check` and `python -m workers render`: the GPU-deployment commands (compose
+and Kubernetes).
 
 Both exit non-zero with every problem listed (model, worker and field named) and nothing written.
 """
@@ -13,12 +14,13 @@ from gateway.config.models import load_models_config
 from gateway.config.placement import placement_errors
 from workers.compose import compose_errors
 from workers.cpu_plan import REPO_ROOT
-from workers.render import RERENDER, Deployment, render_all, stale_files
+from workers.k8s import k8s_errors
+from workers.render import RERENDER, Deployment, leftover_files, render_all, stale_files
 
 
 def _check(args: argparse.Namespace) -> int:
     config = load_models_config(args.config)
-    problems = placement_errors(config, args.gpus) + compose_errors(config)
+    problems = placement_errors(config, args.gpus) + compose_errors(config) + k8s_errors(config)
     if problems:
         print(f"{args.config}: {len(problems)} placement problem(s):", file=sys.stderr)
         for problem in problems:
@@ -36,14 +38,19 @@ def _check(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     deployment = Deployment.load(args.config, args.root)
     if args.check:
-        stale = stale_files(deployment)
+        stale = stale_files(deployment, args.target)
         for path in stale:
             print(f"{path} differs from a fresh render; run: {RERENDER}", file=sys.stderr)
         return 1 if stale else 0
-    for relative, text in render_all(deployment).items():
+    rendered = render_all(deployment, args.target)
+    for relative, text in rendered.items():
         (args.root / relative).parent.mkdir(parents=True, exist_ok=True)
         (args.root / relative).write_text(text, encoding="utf-8")
         print(f"wrote {relative}")
+    if args.target != "compose":
+        for relative in leftover_files(deployment, rendered):
+            (args.root / relative).unlink()
+            print(f"removed {relative} (no longer rendered)")
     return 0
 
 
@@ -64,10 +71,19 @@ def add_deploy_commands(
         "--gpus", type=_gpu_count, help="the host's GPU count: every GPU id must be below it"
     )
     check.set_defaults(handler=_check)
-    render = sub.add_parser("render", help="write compose.gpu.yml and deploy/prometheus/...")
+    render = sub.add_parser(
+        "render", help="write compose.gpu.yml, deploy/prometheus/..., deploy/k8s/..."
+    )
     render.add_argument("--config", type=Path, default=default_config)
     render.add_argument("--root", type=Path, default=REPO_ROOT, help="where the generated files go")
     render.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if a file is out of date"
+    )
+    render.add_argument(
+        "--target",
+        choices=["compose", "k8s", "all"],
+        default="all",
+        help="compose: compose.gpu.yml, Prometheus, alerts, dashboard; k8s: deploy/k8s/; "
+        "all (default): both",
     )
     render.set_defaults(handler=_render)

@@ -1,6 +1,6 @@
-"""Render the checked-in deployment files: compose.gpu.yml and Prometheus' config from
-configs/models.yaml and deploy/versions.yaml; the alert rules and the Grafana dashboard from
-workers/alerts.py and workers/dashboard.py.
+"""Render the checked-in deployment files: compose.gpu.yml, Prometheus' config and the Kubernetes
+base (deploy/k8s/) from configs/models.yaml and deploy/versions.yaml; the alert rules and the
+Grafana dashboard from workers/alerts.py and workers/dashboard.py.
 
 Deterministic text (fixed key order, no timestamps), so a test can compare the checked-in files with
 a fresh render and fail on drift.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,6 +22,8 @@ from workers.alerts import alerts_document
 from workers.compose import CONFIG_DIR_IN_CONTAINER, compose_document, compose_errors
 from workers.cpu_plan import REPO_ROOT
 from workers.dashboard import dashboard_document
+from workers.k8s import k8s_errors
+from workers.k8s_base import Manifest, base_manifests, keda_manifests, kustomization
 from workers.prometheus import prometheus_document
 from workers.versions import VERSIONS_FILE, ImageVersions, load_versions
 
@@ -29,7 +31,12 @@ COMPOSE_FILE = Path("compose.gpu.yml")
 PROMETHEUS_FILE = Path("deploy/prometheus/prometheus.yml")
 ALERTS_FILE = Path("deploy/prometheus/alerts.yml")
 DASHBOARD_FILE = Path("deploy/grafana/dashboards/gateway.json")
+K8S_DIR = Path("deploy/k8s")
 RERENDER = "python -m workers render (or: make compose)"
+# What a render writes: compose.gpu.yml and its monitoring files, the Kubernetes base, or both.
+Target = Literal["compose", "k8s", "all"]
+# Every generated file carries this in its header; only such files are removed as left over.
+GENERATED = "GENERATED from"
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Deployment:
         cls, config_path: Path, root: Path = REPO_ROOT, versions_path: Path = VERSIONS_FILE
     ) -> Deployment:
         config = load_models_config(config_path)
-        problems = placement_errors(config) + compose_errors(config)
+        problems = placement_errors(config) + compose_errors(config) + k8s_errors(config)
         if problems:
             raise ConfigError(f"{config_path}: cannot deploy\n  " + "\n  ".join(problems))
         return cls(config, config_path, load_versions(versions_path), root)
@@ -70,8 +77,26 @@ class Deployment:
             return str(self.config_path)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Objects written out in full wherever they repeat (no `&id001` anchors), and text of several
+    lines (a ConfigMap's file) as a literal block, as one would write it by hand."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def to_yaml(document: dict[str, Any], header: str) -> str:
-    body = yaml.safe_dump(document, sort_keys=False, width=1000, default_flow_style=False)
+    body = yaml.dump(
+        document, Dumper=_Dumper, sort_keys=False, width=1000, default_flow_style=False
+    )
     comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     return comment + body
 
@@ -79,7 +104,7 @@ def to_yaml(document: dict[str, Any], header: str) -> str:
 def _header(deployment: Deployment, what: str) -> str:
     return (
         f"{what}\n"
-        f"GENERATED from {deployment.source()} and deploy/versions.yaml: do not edit by hand.\n"
+        f"{GENERATED} {deployment.source()} and deploy/versions.yaml: do not edit by hand.\n"
         f"After changing either, re-render: {RERENDER}"
     )
 
@@ -114,22 +139,59 @@ def render_dashboard() -> str:
     return json.dumps(dashboard_document(), indent=2) + "\n"
 
 
-def render_all(deployment: Deployment) -> dict[Path, str]:
+def _k8s_file(deployment: Deployment, manifest: Manifest) -> tuple[Path, str]:
+    return K8S_DIR / manifest.path, to_yaml(manifest.document, _header(deployment, manifest.about))
+
+
+def render_k8s(deployment: Deployment) -> dict[Path, str]:
+    """The kustomize base under deploy/k8s/ and its optional KEDA component, deploy/k8s/keda/."""
+    base = base_manifests(deployment.config, deployment.versions, render_dashboard())
+    apply = (
+        'The Kubernetes base: kubectl apply -k deploy/k8s (README "Kubernetes"); KEDA: an overlay\n'
+        "with `components: [<path>/deploy/k8s/keda]`."
+    )
+    listing = Manifest("kustomization.yaml", kustomization(base), apply)
+    return dict(
+        _k8s_file(deployment, manifest)
+        for manifest in [*base, listing, *keda_manifests(deployment.config)]
+    )
+
+
+def render_all(deployment: Deployment, target: Target = "all") -> dict[Path, str]:
     """Each generated file's path (relative to the repository root) and its content."""
-    return {
-        COMPOSE_FILE: render_compose(deployment),
-        PROMETHEUS_FILE: render_prometheus(deployment),
-        ALERTS_FILE: render_alerts(),
-        DASHBOARD_FILE: render_dashboard(),
-    }
+    files: dict[Path, str] = {}
+    if target in ("compose", "all"):
+        files[COMPOSE_FILE] = render_compose(deployment)
+        files[PROMETHEUS_FILE] = render_prometheus(deployment)
+        files[ALERTS_FILE] = render_alerts()
+        files[DASHBOARD_FILE] = render_dashboard()
+    if target in ("k8s", "all"):
+        files |= render_k8s(deployment)
+    return files
 
 
-def stale_files(deployment: Deployment) -> list[Path]:
-    """The generated files whose checked-in text differs from a fresh render."""
+def leftover_files(deployment: Deployment, rendered: dict[Path, str]) -> list[Path]:
+    """Generated files under deploy/k8s/ that a render no longer makes (a model was removed)."""
+    directory = deployment.root / K8S_DIR
+    if not directory.is_dir():
+        return []
+    leftover = []
+    for path in sorted(directory.rglob("*.yaml")):
+        relative = path.relative_to(deployment.root)
+        if relative not in rendered and GENERATED in path.read_text(encoding="utf-8")[:1000]:
+            leftover.append(relative)
+    return leftover
+
+
+def stale_files(deployment: Deployment, target: Target = "all") -> list[Path]:
+    """The generated files whose checked-in text differs from a fresh render, and left-overs."""
+    rendered = render_all(deployment, target)
     stale = []
-    for relative, text in render_all(deployment).items():
+    for relative, text in rendered.items():
         path = deployment.root / relative
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current != text:
             stale.append(relative)
+    if target != "compose":
+        stale += leftover_files(deployment, rendered)
     return stale

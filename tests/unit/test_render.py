@@ -153,7 +153,7 @@ def test_gateway_service_reaches_workers_by_name_and_reads_the_config_read_only(
 
 def test_every_image_comes_from_deploy_versions_yaml() -> None:
     versions = load_versions()
-    pinned = set(versions.model_dump().values())
+    pinned = set(versions.images().values())
     compose = _compose()
     images = {
         service["image"] for name, service in compose["services"].items() if name != "gateway"
