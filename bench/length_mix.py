@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
 from bench.procs import Service, free_port
+from bench.real_engines import start_gateway, stream_chat, write_attached_config
 from bench.stats import percentile
 from gateway.config.models import parse_models_config
 from workers.local import LocalWorkers
@@ -79,23 +79,14 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, text: str, run: Ru
         "ignore_eos": True,
         "messages": [{"role": "user", "content": text}],
     }
-    started = time.perf_counter()
-    first = None
-    chunks = 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            run.failed += 1
-            return
-        async for line in response.aiter_lines():
-            if line.startswith("data: {") and '"content"' in line:
-                chunks += 1
-                if first is None:
-                    first = time.perf_counter() - started
-    run.latency[kind].append(time.perf_counter() - started)
-    if first is not None:
-        run.ttft[kind].append(first)
-    run.tokens += chunks
+    result = await stream_chat(client, url, body)
+    if not result.ok:
+        run.failed += 1
+        return
+    run.latency[kind].append(result.latency)
+    if result.ttft is not None:
+        run.ttft[kind].append(result.ttft)
+    run.tokens += result.chunks
 
 
 async def drive(url: str, run: Run, requests: int, concurrency: int, seed: int) -> None:
@@ -114,18 +105,9 @@ async def drive(url: str, run: Run, requests: int, concurrency: int, seed: int) 
         run.wall = time.perf_counter() - started
 
 
-def start_gateway(config_path: Path, steering: bool, log_dir: Path) -> tuple[Service, str]:
-    port = free_port()
-    env = {
-        "GATEWAY_AUTH_ENABLED": "false",
-        "GATEWAY_LENGTH_STEERING": "true" if steering else "false",
-        "PATH": "/usr/bin:/bin",
-    }
-    args = [sys.executable, "-m", "gateway", "--config", str(config_path), "--port", str(port)]
-    service = Service("gateway", args, log_dir / f"gateway-{port}.log", env)
-    url = f"http://127.0.0.1:{port}"
-    service.wait_http(url + "/ready", 30)
-    return service, url
+def start_steering_gateway(config_path: Path, steering: bool, log_dir: Path) -> tuple[Service, str]:
+    env = {"GATEWAY_LENGTH_STEERING": "true" if steering else "false"}
+    return start_gateway(config_path, env, log_dir)
 
 
 def row(name: str, runs: list[Run]) -> str:
@@ -157,17 +139,15 @@ def main() -> None:
     ports = {w.name: free_port() for w in config.models[0].workers}
     log_dir = Path(tempfile.mkdtemp(prefix="length-mix-"))
     with LocalWorkers(config, ports=ports) as engines:
-        attached = engines.attached_config()
-        config_path = log_dir / "models.yaml"
-        config_path.write_text(yaml.safe_dump(attached.model_dump(mode="json", exclude_none=True)))
+        config_path = write_attached_config(engines, log_dir / "models.yaml")
         results: dict[bool, list[Run]] = {False: [], True: []}
         warm = Run(False)
-        service, url = start_gateway(config_path, False, log_dir)
+        service, url = start_steering_gateway(config_path, False, log_dir)
         asyncio.run(drive(url, warm, 32, args.concurrency, seed=99))  # warm both engines
         service.stop()
         for index in range(args.runs * 2):
             steering = index % 2 == 1
-            service, url = start_gateway(config_path, steering, log_dir)
+            service, url = start_steering_gateway(config_path, steering, log_dir)
             run = Run(steering)
             try:
                 asyncio.run(drive(url, run, args.requests, args.concurrency, seed=index // 2))

@@ -95,6 +95,8 @@ class LocalWorkers:
     """Context manager: real vLLM CPU servers for every launched worker of `config`.
 
     `ports` maps worker names to ports that replace the configured ones (tests pass free ports).
+    `env` is added to every server's environment; `stand_in_shape` names the stand-in's size
+    (workers.tinymodel.SHAPES; None: the default).
     """
 
     def __init__(
@@ -109,8 +111,12 @@ class LocalWorkers:
         startup_timeout: float = 600.0,
         stop_grace: float = 30.0,
         progress: Callable[[str], None] = print_line,
+        env: Mapping[str, str] | None = None,
+        stand_in_shape: str | None = None,
     ) -> None:
         self._config = config
+        self._env = dict(env or {})
+        self._shape_args = ["--shape", stand_in_shape] if stand_in_shape else []
         self._python = venv / "bin" / "python"
         self._kv_cache_gib = kv_cache_gib
         self._startup_timeout = startup_timeout
@@ -202,7 +208,10 @@ class LocalWorkers:
                 continue
             env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
             subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
-                tinymodel_command(launch, self._python), cwd=REPO_ROOT, env=env, check=True
+                [*tinymodel_command(launch, self._python), *self._shape_args],
+                cwd=REPO_ROOT,
+                env=env,
+                check=True,
             )
             done.add(launch.model_dir)
 
@@ -216,7 +225,7 @@ class LocalWorkers:
         with launch.log_path.open("ab") as log:
             self._processes[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 server_command(launch, self._python),
-                env=server_env(launch, os.environ, self._kv_cache_gib),
+                env=server_env(launch, {**os.environ, **self._env}, self._kv_cache_gib),
                 cwd=launch.model_dir.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

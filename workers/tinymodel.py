@@ -14,6 +14,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the shape, tokenizer or template changes, so existing caches are regenerated.
@@ -23,6 +24,24 @@ VOCAB_SIZE = 3072
 TRAINING_TEXT_BYTES = 1_500_000
 DEFAULT_MAX_POSITIONS = 4096
 LM_HEAD_STD = 0.5
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int  # head_dim = hidden / heads: vLLM's CPU attention needs 64 or more
+    kv_heads: int
+
+
+# Named shapes. "tiny" (the default) is quick to load, for API tests; "prefill" (~10 M parameters)
+# is big enough that prefill dominates a 3,000-token request on a CPU (the prefix-cache benchmark).
+SHAPES = {
+    "tiny": Shape(hidden=128, layers=2, intermediate=256, heads=2, kv_heads=1),
+    "prefill": Shape(hidden=384, layers=6, intermediate=1024, heads=6, kv_heads=1),
+}
+DEFAULT_SHAPE = "tiny"
 
 ENDOFTEXT, IM_START, IM_END, PAD = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END, PAD]
@@ -38,18 +57,27 @@ CHAT_TEMPLATE = (
 )
 
 
-def _stamp(seed: int, max_positions: int) -> dict[str, int]:
-    return {"generator_version": GENERATOR_VERSION, "seed": seed, "max_positions": max_positions}
+def _stamp(seed: int, max_positions: int, shape: str = DEFAULT_SHAPE) -> dict[str, int | str]:
+    stamp: dict[str, int | str] = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "max_positions": max_positions,
+    }
+    if shape != DEFAULT_SHAPE:  # the default's stamp is unchanged: existing caches stay valid
+        stamp["shape"] = shape
+    return stamp
 
 
-def is_complete(out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS) -> bool:
+def is_complete(
+    out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS, shape: str = DEFAULT_SHAPE
+) -> bool:
     """True when `out_dir` holds a model made by this generator with these settings.
 
     The stamp file is written last, so its presence means every other file is complete.
     """
     try:
         stamp = json.loads((out_dir / STAMP_NAME).read_text())
-        return bool(stamp == _stamp(seed, max_positions))
+        return bool(stamp == _stamp(seed, max_positions, shape))
     except (OSError, ValueError):
         return False
 
@@ -104,7 +132,9 @@ def _build_tokenizer(out_dir: Path, max_positions: int) -> dict[str, int]:
     return ids
 
 
-def _build_model(out_dir: Path, seed: int, max_positions: int, ids: dict[str, int]) -> None:
+def _build_model(
+    out_dir: Path, seed: int, max_positions: int, ids: dict[str, int], shape: Shape
+) -> None:
     import torch  # type: ignore[import-not-found,unused-ignore]
     from transformers import (  # type: ignore[import-not-found,unused-ignore]
         GenerationConfig,
@@ -115,11 +145,11 @@ def _build_model(out_dir: Path, seed: int, max_positions: int, ids: dict[str, in
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=ids["vocab_size"],
-        hidden_size=128,
-        num_attention_heads=2,  # head_dim 64: vLLM's CPU attention rejects smaller heads
-        num_key_value_heads=1,
-        num_hidden_layers=2,
-        intermediate_size=256,
+        hidden_size=shape.hidden,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        num_hidden_layers=shape.layers,
+        intermediate_size=shape.intermediate,
         max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=ids[BOS],
@@ -142,28 +172,30 @@ def _build_model(out_dir: Path, seed: int, max_positions: int, ids: dict[str, in
     generation.save_pretrained(str(out_dir))
 
 
-def generate(out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS) -> bool:
+def generate(
+    out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS, shape: str = DEFAULT_SHAPE
+) -> bool:
     """Write the model to `out_dir` unless already there; returns True when it generated one.
 
     Builds in a sibling temporary directory and renames it into place, so a crash or a concurrent
-    run never leaves a half-written model that looks complete.
+    run never leaves a half-written model that looks complete. `shape` names one of SHAPES.
     """
-    if is_complete(out_dir, seed, max_positions):
+    if is_complete(out_dir, seed, max_positions, shape):
         return False
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         ids = _build_tokenizer(tmp, max_positions)
-        _build_model(tmp, seed, max_positions, ids)
+        _build_model(tmp, seed, max_positions, ids, SHAPES[shape])
         tmp.chmod(0o755)  # mkdtemp makes it private; containers may read it as another user
-        (tmp / STAMP_NAME).write_text(json.dumps(_stamp(seed, max_positions)))
-        if out_dir.exists() and not is_complete(out_dir, seed, max_positions):
+        (tmp / STAMP_NAME).write_text(json.dumps(_stamp(seed, max_positions, shape)))
+        if out_dir.exists() and not is_complete(out_dir, seed, max_positions, shape):
             shutil.rmtree(out_dir)
         try:
             os.rename(tmp, out_dir)
         except OSError:
             # Lost a race to a concurrent run: its model is as good as ours.
-            if not is_complete(out_dir, seed, max_positions):
+            if not is_complete(out_dir, seed, max_positions, shape):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -180,10 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_POSITIONS,
         help="max_position_embeddings: the longest --max-model-len vLLM will accept",
     )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default=DEFAULT_SHAPE,
+        help="named model size (tiny: the default; prefill: ~10 M parameters, for benchmarks)",
+    )
     args = parser.parse_args(argv)
-    made = generate(args.out_dir, args.seed, args.max_positions)
+    made = generate(args.out_dir, args.seed, args.max_positions, args.shape)
     state = "generated" if made else "already complete"
-    print(f"tiny model {state}: {args.out_dir} (seed {args.seed})", file=sys.stderr)
+    print(f"{args.shape} model {state}: {args.out_dir} (seed {args.seed})", file=sys.stderr)
     return 0
 
 
