@@ -8,14 +8,13 @@ import os
 import sys
 from typing import Any
 
-import uvicorn
-
 from gateway.app import create_app
 from gateway.config.errors import ConfigError
 from gateway.config.keys import key_entry_yaml, new_key
 from gateway.config.settings import Settings
 from gateway.observe.logs import LogWriter, configure_logging
 from gateway.observe.metrics import multiprocess_metrics_dir
+from gateway.server.run import serve
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -84,14 +83,13 @@ def _serve(settings: Settings, overrides: dict[str, Any], writer: LogWriter) -> 
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
         "access_log": False,  # the gateway writes its own, without request content
         "log_level": settings.log_level,
         "log_config": None,  # uvicorn's own lines go through our JSON logging too
-        "timeout_graceful_shutdown": 30,
     }
+    drain = settings.drain_timeout
     if settings.processes == 1:
-        uvicorn.run(app, **options)
+        serve(app, options, processes=1, drain_seconds=drain)
         return 0
     if settings.redis_url is None:
         logging.getLogger("gateway").warning(
@@ -105,9 +103,8 @@ def _serve(settings: Settings, overrides: dict[str, Any], writer: LogWriter) -> 
     for key, value in overrides.items():
         os.environ[f"GATEWAY_{key.upper()}"] = str(value)
     with multiprocess_metrics_dir():
-        uvicorn.run(
-            "gateway.app:create_app_from_env", factory=True, workers=settings.processes, **options
-        )
+        factory = "gateway.app:create_app_from_env"
+        serve(factory, options, processes=settings.processes, drain_seconds=drain)
     return 0
 
 

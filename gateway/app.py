@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
-import time
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from gateway.api import openai, ops
 from gateway.api.handlers import install_handlers
 from gateway.api.middleware import HotRoute, RequestContext
+from gateway.api.openai import models_payload
 from gateway.config.errors import ConfigError
 from gateway.config.keys import KeyStore
 from gateway.config.models import ModelsConfig, load_models_config
@@ -30,8 +30,9 @@ from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.logs import AccessSink, configure_logging, logging_access
 from gateway.observe.metrics import Metrics
 from gateway.observe.tracing import Tracing
-from gateway.relay.relay import Bounds
+from gateway.relay.relay import Bounds, Relaying
 from gateway.relay.upstream import RetryPolicy, Upstream
+from gateway.reload import Reloader
 from gateway.request import Endpoint
 from gateway.routing.admission import Dispatcher, QueueSettings
 from gateway.routing.cache_aware import PrefixSettings
@@ -41,23 +42,16 @@ from gateway.routing.kv_feeds import KvEventFeeds
 from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
+from gateway.server import signals
+from gateway.server.drain import Drain
+from gateway.server.protocol import LIMITS_KEY, ServerLimits
+from gateway.server.run import raise_open_files_limit
 from gateway.state import AppState
 
-
-def models_payload(config: ModelsConfig) -> bytes:
-    created = int(time.time())
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"id": m.name, "object": "model", "created": created, "owned_by": "gateway"}
-                for m in config.models
-            ],
-        }
-    )
+log = logging.getLogger("gateway")
 
 
-def _key_store(settings: Settings) -> KeyStore | None:
+def _key_store(settings: Settings, metrics: Metrics) -> KeyStore | None:
     if not settings.auth_enabled:
         return None
     if settings.keys_file is None:
@@ -65,7 +59,11 @@ def _key_store(settings: Settings) -> KeyStore | None:
             "API keys are on but GATEWAY_KEYS_FILE is not set: point it at a keys file "
             "(python -m gateway keys new ...), or set GATEWAY_AUTH_ENABLED=false for local use"
         )
-    return KeyStore(settings.keys_file)
+
+    def counted(ok: bool) -> None:
+        (metrics.config_reloads if ok else metrics.config_reload_errors).labels("keys").inc()
+
+    return KeyStore(settings.keys_file, counted)
 
 
 def _limiter(settings: Settings, metrics: Metrics) -> Limiter:
@@ -107,15 +105,31 @@ def _prefix_settings(settings: Settings) -> PrefixSettings | None:
 
 def _prefix_share(settings: Settings, registry: Registry) -> PrefixShare | None:
     """Replicas share their cache-aware routing decisions through Redis, when both are on."""
-    routes = [route.prefix for route in registry.routes() if route.prefix is not None]
-    if not routes or settings.redis_url is None:
+    if not settings.prefix_routing or settings.redis_url is None:
         return None
     share = PrefixShare(
         settings.redis_url, settings.prefix_redis_channel, registry, settings.redis_timeout
     )
-    for prefix in routes:
-        prefix.share = share.publish
+    registry.share_with(share.publish)
     return share
+
+
+def _server_limits(settings: Settings) -> ServerLimits:
+    """The settings' limits, with open connections capped by what the open-files limit allows
+    (each relayed request holds two: the client's and the worker's)."""
+    open_files = raise_open_files_limit()
+    connections = min(settings.max_connections, max((open_files - 64) // 2, 1))
+    if connections < settings.max_connections:
+        log.info(
+            "open connections capped at %d by the open-files limit (%d)", connections, open_files
+        )
+    return ServerLimits(
+        settings.max_header_bytes,
+        settings.max_headers,
+        settings.header_timeout,
+        settings.body_timeout,
+        connections,
+    )
 
 
 def _upstream(settings: Settings) -> Upstream:
@@ -144,19 +158,23 @@ async def _build_state(
     health = Health(
         registry, probe, _ejections(settings), health_settings, metrics, dispatcher.wake
     )
+    upstream = _upstream(settings)
+    drain = Drain()
+    bounds = Bounds(
+        settings.first_byte_timeout,
+        settings.idle_timeout,
+        settings.total_timeout,
+        settings.max_response_bytes,
+        settings.max_event_bytes,
+        settings.client_write_timeout,
+    )
     state = AppState(
         settings=settings,
         config=models,
         registry=registry,
-        upstream=_upstream(settings),
+        upstream=upstream,
         probe=probe,
-        bounds=Bounds(
-            settings.first_byte_timeout,
-            settings.idle_timeout,
-            settings.total_timeout,
-            settings.max_response_bytes,
-            settings.max_event_bytes,
-        ),
+        relaying=Relaying(upstream, bounds, drain),
         metrics=metrics,
         keys=keys,
         limiter=_limiter(settings, metrics),
@@ -165,6 +183,7 @@ async def _build_state(
         models_body=models_payload(models),
         prefix_share=_prefix_share(settings, registry),
         kv_feeds=KvEventFeeds(registry, probe, settings.health_timeout),
+        drain=drain,
     )
     await health.start()  # what is known of the workers, before the first request
     if state.prefix_share is not None:
@@ -181,6 +200,17 @@ async def _close_state(state: AppState) -> None:
     await state.limiter.aclose()
     await state.upstream.aclose()
     await state.probe.aclose()
+
+
+def _start_watches(state: AppState, reloader: Reloader) -> list[asyncio.Task[None]]:
+    """The files re-read when they change: the keys file, the models file."""
+    settings = state.settings
+    watches = []
+    if state.keys is not None:
+        watches.append(asyncio.create_task(state.keys.watch(settings.keys_reload_interval)))
+    if settings.config_reload_interval:
+        watches.append(asyncio.create_task(reloader.watch(settings.config_reload_interval)))
+    return watches
 
 
 class GatewayApp(FastAPI):
@@ -219,11 +249,12 @@ def create_app(
     settings.otlp_endpoint is set (tests pass one with an in-memory exporter). `access` takes
     the access lines (configure_logging's writer; plain logging by default)."""
     models = config if config is not None else load_models_config(settings.config)
+    models_file = settings.config if config is None else None  # reloaded on SIGHUP / change
     if problems := placement_errors(models):
         source = settings.config if config is None else "models config"
         raise ConfigError(f"{source}: invalid worker placement\n  " + "\n  ".join(problems))
-    keys = _key_store(settings)  # a missing or broken keys file fails here, before serving
     metrics = Metrics()
+    keys = _key_store(settings, metrics)  # a missing or broken keys file fails here
     metrics.prepare(
         {m.name: [w.name for w in m.workers] for m in models.models},
         [endpoint.path for endpoint in Endpoint],
@@ -232,19 +263,23 @@ def create_app(
         tracing = Tracing.to_otlp(settings.otlp_endpoint)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         state = app.state.gateway = await _build_state(settings, models, keys, metrics)
         # Startup objects live as long as the process: keep them out of the cyclic GC's scans
         # (bench: full collections paused the loop ~46 ms, about once a second under load).
         gc.collect()
         gc.freeze()
-        watcher = None
-        if state.keys is not None:
-            watcher = asyncio.create_task(state.keys.watch(settings.keys_reload_interval))
+        watchers = _start_watches(state, reloader := Reloader(state, models_file))
+        signals.take_over(
+            asyncio.get_running_loop(),
+            on_exit=lambda: state.drain.begin(settings.drain_timeout),
+            on_hup=reloader.on_hup,
+        )
         try:
-            yield
+            # What the server layer reads: its limits, for each connection.
+            yield {LIMITS_KEY: _server_limits(settings)}
         finally:
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
             await _close_state(state)
             if tracing is not None:
@@ -261,6 +296,9 @@ def create_app(
         # request itself (gateway/observe/tracing.py), and the check costs every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,
+        # /v1/chat/completions/ is not a route: 404 in the envelope, not a 307 whose Location
+        # is built from the client's Host header.
+        redirect_slashes=False,
         redoc_url=None,
         openapi_url=None,
     )

@@ -125,6 +125,22 @@ class MethodNotAllowed(GatewayError):
     log_level = logging.INFO
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request's head or body in time (slow or silent clients)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    log_level = logging.INFO
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_too_large"
+    log_level = logging.INFO
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -211,6 +227,14 @@ class NoHealthyBackend(GatewayError):
     status = 503
     code = "no_healthy_backend"
     log_level = logging.WARNING
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is draining for shutdown and this request ran past the drain's deadline."""
+
+    status = 503
+    code = "server_shutting_down"
+    log_level = logging.INFO
 
 
 class LimiterUnavailable(GatewayError):

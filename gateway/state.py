@@ -12,7 +12,7 @@ from gateway.config.models import ModelsConfig
 from gateway.config.settings import Settings
 from gateway.limits.limiter import Limiter
 from gateway.observe.metrics import Metrics
-from gateway.relay.relay import Bounds
+from gateway.relay.relay import Relaying
 from gateway.relay.upstream import Upstream
 from gateway.routing.admission import Dispatcher
 from gateway.routing.health import Health
@@ -20,16 +20,17 @@ from gateway.routing.kv_feeds import KvEventFeeds
 from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
+from gateway.server.drain import Drain
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppState:
     settings: Settings
-    config: ModelsConfig
+    config: ModelsConfig  # replaced, with models_body, when the models file is reloaded
     registry: Registry
     upstream: Upstream  # relayed requests (aiohttp)
     probe: HttpProbe  # health probes and /ready checks (httpx)
-    bounds: Bounds
+    relaying: Relaying  # the upstream client, the bounds and the drain every relay shares
     metrics: Metrics
     keys: KeyStore | None  # None: auth switched off
     limiter: Limiter
@@ -38,3 +39,4 @@ class AppState:
     models_body: bytes  # GET /v1/models, rendered once
     prefix_share: PrefixShare | None  # cache-aware routing decisions shared through Redis
     kv_feeds: KvEventFeeds  # precise mode: the workers' KV-cache events (idle otherwise)
+    drain: Drain  # shutdown: /ready says 503, the requests in flight get a deadline

@@ -98,6 +98,7 @@ def start_gateway(
     port = free_port()
     config = tmp / f"models-{port}.yaml"
     config.write_text(models_yaml)
-    env = {"GATEWAY_AUTH_ENABLED": "false", **(env or {})}  # tests that want keys say so
+    # Tests that want keys say so; a short drain keeps stopping a gateway quick.
+    env = {"GATEWAY_AUTH_ENABLED": "false", "GATEWAY_DRAIN_TIMEOUT": "1", **(env or {})}
     args = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)]
     return start_serving(args, port, tmp / f"gateway-{port}.log", env)

@@ -1,7 +1,8 @@
 """`python -m workers`: launch configs/models.yaml's workers on CPU, alone (`up`) or with the
-gateway in front (`run`, what `make run` does), or make a stand-in model (`tinymodel`); for a GPU
-host, check the placement (`check`) and render compose.gpu.yml, Prometheus' config and the
-Kubernetes base in deploy/k8s/ (`render`).
+gateway in front (`run`, what `make run` does), restart them one at a time through the gateway's
+drain (`restart`), or make a stand-in model (`tinymodel`); for a GPU host, check the placement
+(`check`) and render compose.gpu.yml, Prometheus' config and the Kubernetes base in deploy/k8s/
+(`render`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from workers.cpu_plan import DEFAULT_CACHE_DIR, DEFAULT_VENV, REPO_ROOT
 from workers.deploy_cli import add_deploy_commands
 from workers.local import LocalWorkers, WorkerStartError, log_tail
 from workers.progress import gateway_ready, gateway_starting, print_line
+from workers.rolling import GatewayDrains, rolling_restart, write_models
 
 GATEWAY_READY_TIMEOUT = 60.0
 
@@ -52,24 +54,34 @@ def _serve(args: argparse.Namespace, *, gateway: bool) -> int:
         with workers:
             if not gateway:
                 print_line("all workers ready; Ctrl-C to stop")
-                return _watch(workers, None)
-            process = _start_gateway(args)
+                return _watch(workers, None, None)
+            models_file = args.cache_dir / "gateway-models.yaml"
+            write_models(config, models_file)  # the gateway's copy: a restart marks drains there
+            process = _start_gateway(args, models_file)
+            drains = GatewayDrains(
+                config, models_file, _gateway_url(args), lambda: process.send_signal(signal.SIGHUP)
+            )
             try:
                 _report_gateway(args, process, len(workers.launches))
-                return _watch(workers, process)
+                return _watch(workers, process, drains, args.cache_dir)
             finally:
                 _stop(process)
     except KeyboardInterrupt:  # during start-up: LocalWorkers.start has stopped what it started
         return 130
 
 
-def _start_gateway(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+def _gateway_url(args: argparse.Namespace) -> str:
+    host = "127.0.0.1" if args.gateway_host in ("", "0.0.0.0", "::") else args.gateway_host
+    return f"http://{host}:{args.gateway_port}"
+
+
+def _start_gateway(args: argparse.Namespace, models_file: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
         "gateway",
         "--config",
-        str(args.config),
+        str(models_file),
         "--host",
         args.gateway_host,
         "--port",
@@ -87,8 +99,7 @@ def _report_gateway(
 ) -> None:
     """Say when the gateway's /ready answers 200 (every model has a healthy worker)."""
     started = time.monotonic()
-    host = "127.0.0.1" if args.gateway_host in ("", "0.0.0.0", "::") else args.gateway_host
-    url = f"http://{host}:{args.gateway_port}"
+    url = _gateway_url(args)
     if wait_ready(url, process, GATEWAY_READY_TIMEOUT):
         print_line(gateway_ready(url, time.monotonic() - started, workers))
     elif process.poll() is None:
@@ -123,14 +134,31 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
-def _watch(workers: LocalWorkers, gateway: subprocess.Popen[bytes] | None) -> int:
-    """Stay in the foreground; a worker (or the gateway) ending on its own ends with an error."""
+def _watch(
+    workers: LocalWorkers,
+    gateway: subprocess.Popen[bytes] | None,
+    drains: GatewayDrains | None,
+    cache_dir: Path | None = None,
+) -> int:
+    """Stay in the foreground; a worker (or the gateway) ending on its own ends with an error.
+    SIGHUP (`python -m workers restart`) restarts workers one at a time through the drain."""
+    requested: list[bool] = []
+    signal.signal(signal.SIGHUP, lambda sig, frame: requested.append(True))
+    pid_file = cache_dir / RUN_PID if cache_dir is not None else None
+    if pid_file is not None:
+        pid_file.write_text(str(os.getpid()))
     try:
         while not workers.exited() and (gateway is None or gateway.poll() is None):
+            if requested and drains is not None and cache_dir is not None:
+                requested.clear()
+                rolling_restart(workers, drains, _restart_names(workers, cache_dir))
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr, flush=True)
         return 0
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
     if gateway is not None and gateway.poll() is not None:
         print(f"gateway exited with code {gateway.returncode}", file=sys.stderr, flush=True)
         return 1
@@ -139,6 +167,30 @@ def _watch(workers: LocalWorkers, gateway: subprocess.Popen[bytes] | None) -> in
         print(f"worker {name} exited with code {code}; log tail:", file=sys.stderr)
         print(log_tail(launch.log_path), file=sys.stderr, flush=True)
     return 1
+
+
+RUN_PID = "run.pid"  # in the cache dir, while `workers run` serves
+RESTART_REQUEST = "restart-request"  # the worker names `workers restart` asked for
+
+
+def _restart_names(workers: LocalWorkers, cache_dir: Path) -> list[str]:
+    request = cache_dir / RESTART_REQUEST
+    names = request.read_text().split() if request.exists() else []
+    request.unlink(missing_ok=True)
+    launched = [launch.name for launch in workers.launches]
+    return [name for name in names if name in launched] or launched
+
+
+def _restart(args: argparse.Namespace) -> int:
+    """Ask the running `workers run` to restart workers (all by default) one at a time."""
+    pid_file = args.cache_dir / RUN_PID
+    if not pid_file.exists():
+        print("error: no `python -m workers run` is serving from this cache dir", file=sys.stderr)
+        return 1
+    (args.cache_dir / RESTART_REQUEST).write_text(" ".join(args.names))
+    os.kill(int(pid_file.read_text()), signal.SIGHUP)
+    print_line("restart requested; `workers run` prints its progress")
+    return 0
 
 
 def _tinymodel(args: argparse.Namespace) -> int:
@@ -167,6 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gateway-host", default="127.0.0.1", help="where the gateway listens")
     run.add_argument("--gateway-port", type=int, default=8000, help="the gateway's port")
     run.set_defaults(handler=_run)
+    restart = sub.add_parser(
+        "restart", help="restart the running `run`'s workers one at a time, without a failure"
+    )
+    restart.add_argument("names", nargs="*", help="workers to restart (default: all)")
+    restart.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    restart.set_defaults(handler=_restart)
     tiny = sub.add_parser("tinymodel", help="generate a stand-in model (OUT_DIR --seed N)")
     tiny.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="venv holding torch")
     tiny.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for workers.tinymodel")

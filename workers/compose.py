@@ -12,6 +12,7 @@ from typing import Any
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 from workers.flags import vllm_flags
 from workers.lifecycle import (
+    GATEWAY_DRAIN_SECONDS,
     GATEWAY_STOP_GRACE_SECONDS,
     WORKER_START_SECONDS,
     WORKER_STOP_GRACE_SECONDS,
@@ -118,6 +119,7 @@ def gateway_service(versions: ImageVersions, config_in_container: str) -> dict[s
         "environment": {
             "GATEWAY_HOST": "0.0.0.0",
             "GATEWAY_PORT": str(GATEWAY_PORT),
+            "GATEWAY_DRAIN_TIMEOUT": str(GATEWAY_DRAIN_SECONDS),
             "GATEWAY_CONFIG": config_in_container,
             "GATEWAY_KEYS_FILE": f"{CONFIG_DIR_IN_CONTAINER}/keys.yaml",
             "GATEWAY_REDIS_URL": "redis://redis:6379/0",

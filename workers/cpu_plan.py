@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
-from workers.flags import vllm_flags
+from workers.flags import KV_EVENTS_PORT, vllm_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-vllm"
@@ -34,6 +34,8 @@ class WorkerLaunch:
     seed: int
     cpu_bind: str
     log_path: Path
+    kv_events_port: int = 0  # its KV-cache event publisher (0: the default; LocalWorkers picks
+    # a free one for each process it starts)
 
     @property
     def name(self) -> str:
@@ -148,6 +150,7 @@ def server_command(launch: WorkerLaunch, python: Path) -> list[str]:
         model_path=str(launch.model_dir),
         host=launch.host,
         port=launch.port,
+        kv_events_port=launch.kv_events_port or KV_EVENTS_PORT,
     )
     return [str(python), "-m", SERVER_MODULE, *flags]
 

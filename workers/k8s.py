@@ -11,7 +11,7 @@ from typing import Any
 from gateway.config.models import ModelConfig, ModelsConfig
 from workers.compose import HF_CACHE, REDIS_COMMAND, VLLM_CACHE, escape_dollars
 from workers.cpu_plan import world_size
-from workers.flags import vllm_flags
+from workers.flags import KV_EVENTS_PORT, vllm_flags
 from workers.lifecycle import WORKER_START_SECONDS, WORKER_STOP_GRACE_SECONDS
 
 NAMESPACE = "llm-gateway"
@@ -148,7 +148,10 @@ def _vllm_container(model: ModelConfig, image: str) -> dict[str, Any]:
         # The image's entrypoint is the OpenAI server; these are its flags, as in compose.
         "args": [escape_dollars(flag) for flag in vllm_flags(model, worker, port=VLLM_PORT)],
         "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": token}}],
-        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
+        "ports": [
+            {"name": "http", "containerPort": VLLM_PORT},
+            {"name": "kv-events", "containerPort": KV_EVENTS_PORT},
+        ],
         # Starting points: host memory holds the weights while they load. Extended resources
         # (GPUs) are set as limits only; the request follows the limit.
         "resources": {

@@ -29,7 +29,7 @@ from workers.k8s import (
     service,
     vllm_name,
 )
-from workers.lifecycle import GATEWAY_STOP_GRACE_SECONDS
+from workers.lifecycle import GATEWAY_DRAIN_SECONDS, GATEWAY_STOP_GRACE_SECONDS
 
 MODELS_CONFIGMAP = "gateway-models"
 # Created by the operator from their keys file, never rendered (README "Kubernetes").
@@ -80,6 +80,7 @@ def _gateway_env() -> list[dict[str, str]]:
     env = {
         "GATEWAY_HOST": "0.0.0.0",
         "GATEWAY_PORT": str(GATEWAY_PORT),
+        "GATEWAY_DRAIN_TIMEOUT": str(GATEWAY_DRAIN_SECONDS),
         "GATEWAY_CONFIG": f"{CONFIG_DIR}/models.yaml",
         # A directory mount: an updated Secret reaches the pod and the gateway reloads the keys.
         "GATEWAY_KEYS_FILE": f"{KEYS_DIR}/keys.yaml",
@@ -189,11 +190,11 @@ def gateway_hpa() -> dict[str, Any]:
 
 
 def _only_gateway(
-    name: str, selector: dict[str, str], port: int | str, scraped: bool
+    name: str, selector: dict[str, str], ports: list[int | str], scraped: bool
 ) -> dict[str, Any]:
-    rules = [
-        {"from": [{"podSelector": {"matchLabels": labels(GATEWAY)}}], "ports": [{"port": port}]}
-    ]
+    port = ports[0]
+    allowed = [{"port": each} for each in ports]
+    rules = [{"from": [{"podSelector": {"matchLabels": labels(GATEWAY)}}], "ports": allowed}]
     if scraped:
         monitoring = {"kubernetes.io/metadata.name": PROMETHEUS_NAMESPACE}
         rules.append(
@@ -215,9 +216,12 @@ def _only_gateway(
 
 
 def vllm_network_policy() -> dict[str, Any]:
-    """Only gateway pods reach the vLLM servers (and Prometheus, for /metrics)."""
-    return _only_gateway("vllm-from-gateway", dict(VLLM_SELECTOR), "http", scraped=True)
+    """Only gateway pods reach the vLLM servers (their API and KV-cache events; and
+    Prometheus, for /metrics)."""
+    return _only_gateway(
+        "vllm-from-gateway", dict(VLLM_SELECTOR), ["http", "kv-events"], scraped=True
+    )
 
 
 def redis_network_policy() -> dict[str, Any]:
-    return _only_gateway("redis-from-gateway", labels(REDIS), "redis", scraped=False)
+    return _only_gateway("redis-from-gateway", labels(REDIS), ["redis"], scraped=False)

@@ -4,9 +4,11 @@ and the Kubernetes manifests, so the two deployments drain and wait alike.
 
 from __future__ import annotations
 
-# uvicorn finishes open requests, streams included, for up to this long after SIGTERM
-# (gateway/__main__.py: timeout_graceful_shutdown).
-GATEWAY_DRAIN_SECONDS = 30
+from gateway.config.settings import Settings
+
+# After SIGTERM the gateway lets open requests, streams included, finish for this long, then
+# ends each that is left with an error (GATEWAY_DRAIN_TIMEOUT, set to this in both deployments).
+GATEWAY_DRAIN_SECONDS = int(Settings.model_fields["drain_timeout"].default)
 # The drain, plus time for the last responses to flush and the processes to exit, before SIGKILL.
 GATEWAY_STOP_GRACE_SECONDS = GATEWAY_DRAIN_SECONDS + 10
 # /health answers 200 only once the weights are downloaded and loaded and the engine has warmed

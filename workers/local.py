@@ -7,6 +7,7 @@ every /health answers 200, and stops them (SIGTERM to the group, then SIGKILL).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -48,6 +49,13 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -124,7 +132,11 @@ class LocalWorkers:
         self._progress = progress
         cpus = sorted(os.sched_getaffinity(0))
         launches = plan_launches(config, cache_dir=cache_dir, host=host, ports=ports, cpus=cpus)
-        self._launches = {launch.name: launch for launch in launches}
+        # Each process on this machine publishes its KV-cache events on a port of its own.
+        self._launches = {
+            launch.name: dataclasses.replace(launch, kv_events_port=_free_port(host))
+            for launch in launches
+        }
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def __enter__(self) -> LocalWorkers:

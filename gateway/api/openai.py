@@ -7,6 +7,7 @@ FastAPI request parsing or dependency solving per request, only what the gateway
 from __future__ import annotations
 
 import os
+import time
 
 import orjson
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ from gateway.api.body import read_body
 from gateway.api.deps import State
 from gateway.api.validation import parse_request
 from gateway.config.keys import Principal
+from gateway.config.models import ModelsConfig
 from gateway.config.settings import Settings
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.limits.limiter import Reservation
@@ -34,6 +36,20 @@ from gateway.routing.policy import Preference
 from gateway.state import AppState
 
 router = APIRouter()
+
+
+def models_payload(config: ModelsConfig) -> bytes:
+    """GET /v1/models's answer, rendered once per configuration."""
+    created = int(time.time())
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": m.name, "object": "model", "created": created, "owned_by": "gateway"}
+                for m in config.models
+            ],
+        }
+    )
 
 
 @router.get("/v1/models", response_model=None)
@@ -75,7 +91,7 @@ class CompletionRoute:
         lease = WorkerLease(queue, state.health, record, key=principal.name, prefer=prefer)
         outbound = _outbound(view, reservation, prefer.tag if prefer is not None else None)
         try:
-            await Relay(state.upstream, state.bounds, lease, record, outbound)(scope, receive, send)
+            await Relay(state.relaying, lease, record, outbound)(scope, receive, send)
         finally:
             if reservation is not None:
                 await state.limiter.settle(reservation, record.tokens_used())

@@ -40,7 +40,8 @@ async def ready(state: State) -> Response:
         route.name: [w.name for w, ok in zip(route.workers, oks, strict=True) if ok]
         for route, oks in zip(routes, taking, strict=True)
     }
-    is_ready = all(models.values())
+    draining = state.drain.draining  # shutting down: take this gateway out of rotation
+    is_ready = all(models.values()) and not draining
     stale_after = state.health.settings.stale_after
     workers = {
         f"{w.model}/{w.name}": _worker_state(state, w, now, stale_after)
@@ -49,7 +50,7 @@ async def ready(state: State) -> Response:
     queues = {route.name: state.dispatcher.queue(route.name).size for route in routes}
     body = orjson.dumps(
         {
-            "status": "ready" if is_ready else "not_ready",
+            "status": "draining" if draining else "ready" if is_ready else "not_ready",
             "models": models,
             "workers": workers,
             "queued": queues,
@@ -63,6 +64,7 @@ def _worker_state(
 ) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "up": worker.up,
+        "draining": worker.draining,
         "ejected_for": round(max(worker.ejected_until - now, 0.0), 3),
         "inflight": worker.inflight,
         "saturation": worker.known_saturation(now, stale_after),

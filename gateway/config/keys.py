@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -130,8 +131,9 @@ def parse_keys(text: str, source: str) -> dict[str, Principal]:
 class KeyStore:
     """The keys file in memory; `watch()` re-reads it when it changes, without a restart."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_reload: Callable[[bool], None] | None = None) -> None:
         self._path = path
+        self._on_reload = on_reload  # told of each reload: True read, False refused
         self._stamp = self._stat()
         self._table = parse_keys(self._read(), str(path))
 
@@ -151,17 +153,22 @@ class KeyStore:
             return (0, 0, 0)
         return (info.st_mtime_ns, info.st_size, info.st_ino)
 
-    def reload_if_changed(self) -> bool:
-        """Re-read a changed file; a broken file keeps the previous keys (and says so)."""
+    def reload_if_changed(self, *, force: bool = False) -> bool:
+        """Re-read a changed file (any file with `force`); a broken file keeps the previous
+        keys (and says so)."""
         stamp = self._stat()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return False
         self._stamp = stamp
         try:
             table = parse_keys(self._read(), str(self._path))
         except ConfigError as exc:
             log.error("keeping the previous keys: %s", exc)
+            if self._on_reload is not None:
+                self._on_reload(False)
             return False
+        if self._on_reload is not None:
+            self._on_reload(True)
         before = {p.name for p in self._table.values()}
         after = {p.name for p in table.values()}
         self._table = table

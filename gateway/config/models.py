@@ -25,6 +25,9 @@ class WorkerConfig(BaseModel):
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     url: str | None = None
+    # Maintenance: the gateway sends it no new requests; those in flight finish (applied on
+    # reload: SIGHUP or a change of the file).
+    drain: bool = False
 
     @field_validator("url")
     @classmethod

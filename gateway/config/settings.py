@@ -15,6 +15,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     config: Path = Path("configs/models.yaml")
+    # Seconds between checks of the models file for changes (a change is applied without a
+    # restart, as SIGHUP does); 0: only on SIGHUP.
+    config_reload_interval: Annotated[float, Field(ge=0)] = 2.0
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_level: str = "info"
@@ -103,6 +106,21 @@ class Settings(BaseSettings):
     retry_attempts: Annotated[int, Field(ge=1)] = 3
     retry_budget: Seconds = 10.0
 
+    # What a client may send, and how slowly (every process, whatever the server under it):
+    # request line + headers, header fields, seconds to send the head (from the connection or
+    # the previous answer) and the body, open connections per process (beyond: 503 and close;
+    # also capped by the open-files limit, raised to its hard limit at start).
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    max_headers: Annotated[int, Field(ge=8)] = 100
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 60.0
+    max_connections: Annotated[int, Field(ge=1)] = 16384
+    # A streaming client that reads nothing for this long is dropped (status 499, code
+    # client_write_timeout); its worker is not blamed and its slots are freed at once.
+    client_write_timeout: Seconds = 30.0
+    # SIGTERM: /ready turns 503, no new connections, and requests in flight get this long to
+    # finish before each is ended (a stream with an error event and [DONE]).
+    drain_timeout: Seconds = 30.0
     max_body_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
     # A worker's answer larger than this (non-streaming), or one stream event larger than
     # `max_event_bytes`, is refused as a broken protocol (502 upstream_error).

@@ -148,6 +148,8 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
         "key": record.key,  # the key's name from the keys file, never the key
         "model": record.model,
     }
+    if record.error_code is not None:
+        fields["error"] = record.error_code
     if record.relayed:
         timing = record.timing
         fields["worker"] = record.worker

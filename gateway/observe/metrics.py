@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -118,6 +119,26 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.worker_draining = Gauge(
+            "gateway_worker_draining",
+            "1 while a worker is draining for maintenance (models.yaml drain: true): no new "
+            "requests, those in flight finish.",
+            ["model", "worker"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.config_reloads = Counter(
+            "gateway_config_reloads",
+            "Configuration files read again (SIGHUP or a change), by file: models, keys.",
+            ["file"],
+            registry=self.registry,
+        )
+        self.config_reload_errors = Counter(
+            "gateway_config_reload_errors",
+            "Reloads refused because the file was invalid (the running configuration stays).",
+            ["file"],
+            registry=self.registry,
+        )
         self.worker_ejections = Counter(
             "gateway_worker_ejections",
             "Times a worker was taken out of rotation after consecutive failures.",
@@ -206,6 +227,18 @@ class Metrics:
             "Responses without a usage report: settled on their token reservation.",
             registry=self.registry,
         )
+
+    def forget_worker(self, model: str, worker: str) -> None:
+        """A worker left the configuration: its live gauges go (its counters stay)."""
+        for gauge in (
+            self.worker_inflight,
+            self.worker_healthy,
+            self.worker_saturation,
+            self.worker_draining,
+            self.prefix_index_blocks,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, worker)
 
     def prepare(self, workers: dict[str, list[str]], endpoints: list[str]) -> None:
         """Create every per-model and per-worker series at zero, so dashboards and rate() see

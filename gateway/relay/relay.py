@@ -13,22 +13,25 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import (
     GatewayError,
+    ShuttingDown,
     UpstreamFailed,
     UpstreamInvalid,
     UpstreamTimeout,
     upstream_error_from_body,
 )
 from gateway.record import RequestRecord
+from gateway.relay.client import ClientWriter, client_link
 from gateway.relay.deadline import MovingDeadline
 from gateway.relay.disconnect import ClientGone, DisconnectWatch
 from gateway.relay.lease import WorkerLease
 from gateway.relay.sse import SSEFramer, leading_error
 from gateway.relay.upstream import Upstream, UpstreamRequest, UpstreamResponse
 from gateway.relay.usage import UsageTap, usage_of_answer
+from gateway.server.drain import Drain
 
 log = logging.getLogger("gateway.relay")
 
@@ -43,13 +46,24 @@ _SSE_HEADERS = [
 class Bounds:
     """What bounds an exchange. Seconds: streams get `first_byte` for their first event, then
     `idle` between events, all under `total`; a non-streaming answer arrives whole within
-    `total`. Bytes: a non-streaming answer, one stream event."""
+    `total`. Bytes: a non-streaming answer, one stream event. A client that reads nothing for
+    `client_write` seconds is dropped."""
 
     first_byte: float
     idle: float
     total: float
     max_response_bytes: int = 64 << 20
     max_event_bytes: int = 1 << 20
+    client_write: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Relaying:
+    """What every relay shares: the client towards workers, the bounds, the shutdown drain."""
+
+    upstream: Upstream
+    bounds: Bounds
+    drain: Drain
 
 
 @dataclass(slots=True)
@@ -69,31 +83,69 @@ class Relay:
     (worker, usage, timing, error code, whether the client left)."""
 
     def __init__(
-        self,
-        upstream: Upstream,
-        bounds: Bounds,
-        lease: WorkerLease,
-        record: RequestRecord,
-        outbound: Outbound,
+        self, relaying: Relaying, lease: WorkerLease, record: RequestRecord, outbound: Outbound
     ) -> None:
-        self._upstream = upstream
-        self._bounds = bounds
+        self._upstream = relaying.upstream
+        self._bounds = relaying.bounds
+        self._drain = relaying.drain
         self._lease = lease
         self._record = record
         self._out = outbound
-        self._send: Send | None = None
-        self._watch: DisconnectWatch | None = None
+        self._client: ClientWriter | None = None
         self._response: UpstreamResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._interrupted = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._send = send
+        self._task = asyncio.current_task()
         self._record.relayed = True
-        watch = self._watch = DisconnectWatch(receive)
+        watch = DisconnectWatch(receive)
+        self._client = ClientWriter(
+            send,
+            client_link(scope),
+            self._bounds.client_write,
+            self._record,
+            watch,
+            self._out.headers,
+        )
+        self._drain.track(self)
         try:
             async with watch:
                 await self._exchange()
+        except asyncio.CancelledError:
+            if not self._interrupted or self._task is None:
+                raise
+            self._task.uncancel()
+            await self._end_interrupted()
         finally:
+            self._drain.untrack(self)
             self._record.client_gone = watch.gone
+
+    def interrupt(self) -> None:
+        """The drain's deadline passed: stop relaying (see _end_interrupted)."""
+        if self._task is not None and not self._interrupted:
+            self._interrupted = True
+            self._task.cancel()
+
+    async def _end_interrupted(self) -> None:
+        """Tell the client the gateway is shutting down: an error event and [DONE] after a
+        stream's start, else a 503 answer. The worker is not blamed."""
+        error = ShuttingDown("The gateway is shutting down; retry the request.")
+        client = self._writer
+        self._record.error_code = error.code
+        try:
+            async with asyncio.timeout(1.0):
+                if client.started:
+                    await client.body(error.sse_event(), final=True)
+                else:
+                    await client.error(error)
+        except (TimeoutError, ClientGone):
+            pass
+
+    @property
+    def _writer(self) -> ClientWriter:
+        assert self._client is not None
+        return self._client
 
     async def _exchange(self) -> None:
         try:
@@ -154,8 +206,10 @@ class Relay:
         if response.status != 200:
             raise upstream_error_from_body(response.status, body)
         self._record.usage = usage_of_answer(body)  # UpstreamInvalid: not a JSON object
-        await self._start(200, [(b"content-type", response.content_type.encode())], len(body))
-        await self._body(body, final=True)
+        await self._writer.start(
+            200, [(b"content-type", response.content_type.encode())], len(body)
+        )
+        await self._writer.body(body, final=True)
 
     async def _relay_stream(self) -> str | None:
         """Relay the stream; returns the worker's fault when it broke after the answer began."""
@@ -167,7 +221,7 @@ class Relay:
         try:
             async with MovingDeadline(first_deadline) as deadline:
                 response, events = await self._first_events(framer)
-                await self._start(200, _SSE_HEADERS, None)
+                await self._writer.start(200, _SSE_HEADERS, None)
                 committed = True
                 await self._event(events)
                 await self._relay_events(response, framer, deadline, total_deadline)
@@ -175,7 +229,7 @@ class Relay:
                 raise UpstreamFailed(
                     f"worker {self._worker_name} ended the stream before it finished"
                 )
-            await self._body(b"", final=True)
+            await self._writer.body(b"", final=True)
             return None
         except (TimeoutError, GatewayError) as exc:
             return await self._stream_broken(exc, committed)
@@ -251,39 +305,19 @@ class Relay:
             self._worker_name,
         )
         self._note(failure)
-        await self._body(failure.sse_event(), final=True)
+        await self._writer.body(failure.sse_event(), final=True)
         return failure.worker_fault
 
     async def _event(self, events: bytes) -> None:
         """Send events to the client, noting when (for time to first token and token gaps)."""
         tap = self._out.tap
-        await self._body(tap.feed(events) if tap else events)
+        await self._writer.body(tap.feed(events) if tap else events)
         now = time.perf_counter()
         timing = self._record.timing
         if timing.first_event is None:
             timing.first_event = now
         timing.last_event = now
         timing.events += 1
-
-    async def _start(
-        self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
-    ) -> None:
-        headers = [*headers, *self._out.headers]
-        if length is not None:
-            headers.append((b"content-length", str(length).encode()))
-        await self._emit({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def _body(self, body: bytes, *, final: bool = False) -> None:
-        if final and self._watch is not None:
-            self._watch.finished = True
-        await self._emit({"type": "http.response.body", "body": body, "more_body": not final})
-
-    async def _emit(self, message: Message) -> None:
-        assert self._send is not None
-        try:
-            await self._send(message)
-        except OSError as exc:
-            raise ClientGone from exc
 
     def _note(self, exc: GatewayError) -> None:
         self._record.error_code = exc.code
@@ -292,11 +326,7 @@ class Relay:
 
     async def _send_error(self, exc: GatewayError) -> None:
         self._note(exc)
-        body = exc.body()
-        headers = [(b"content-type", b"application/json")]
-        headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-        await self._start(exc.status, headers, len(body))
-        await self._body(body, final=True)
+        await self._writer.error(exc)
 
 
 def _status_of(error_json: bytes) -> int:

@@ -226,15 +226,26 @@ class Dispatcher:
     """One ModelQueue per configured model."""
 
     def __init__(self, registry: Registry, settings: QueueSettings, metrics: Metrics) -> None:
-        self._queues = {
-            route.name: ModelQueue(route, settings, metrics) for route in registry.routes()
-        }
+        self._settings = settings
+        self._metrics = metrics
+        self._queues: dict[str, ModelQueue] = {}
+        self.sync(registry)
+
+    def sync(self, registry: Registry) -> None:
+        """A queue for each model the registry has now. A removed model's queue is dropped:
+        requests already holding it finish on its workers."""
+        routes = {route.name: route for route in registry.routes()}
+        for name in [name for name in self._queues if name not in routes]:
+            del self._queues[name]
+        for name, route in routes.items():
+            if name not in self._queues:
+                self._queues[name] = ModelQueue(route, self._settings, self._metrics)
 
     def queue(self, model: str) -> ModelQueue:
         return self._queues[model]
 
     def wake(self, route: ModelRoute) -> None:
         """Worker health or load changed: waiters may go now."""
-        queue = self._queues[route.name]
-        if queue.size:
+        queue = self._queues.get(route.name)
+        if queue is not None and queue.size:
             queue.pump()

@@ -100,8 +100,19 @@ class PrefixRouting:
         if self.exact is not None:
             self.exact.apply(slot, events, self.settings.block_bytes, self.bytes_per_token)
 
+    def grow(self, slots: int) -> None:
+        """Room for workers in slots up to `slots` - 1 (a reload added some)."""
+        if slots <= self.slots:
+            return
+        self.index.grow(slots)
+        if self.exact is not None:
+            self.exact.grow(slots)
+        self._cache_tokens += [self.settings.cache_tokens] * (slots - self.slots)
+        self.slots = slots
+        self._resize()
+
     def forget(self, slot: int) -> None:
-        """The worker restarted: its cache is empty."""
+        """The worker restarted, or left: its cache is empty."""
         self.index.forget(slot)
         if self.exact is not None:
             self.exact.forget(slot)

@@ -66,6 +66,12 @@ class Health:
             worker.up = not settings.interval  # probed workers start unknown: down until seen
             self._show(worker)
 
+    def adopt(self, workers: list[Worker]) -> None:
+        """Workers a reload added: like those at start, down until a probe says otherwise."""
+        for worker in workers:
+            worker.up = not self.settings.interval
+            self._show(worker)
+
     # --- passive -----------------------------------------------------------------------------
 
     def succeeded(self, worker: Worker) -> None:
@@ -172,6 +178,7 @@ class Health:
         now = self._loop.time()
         self._metrics.worker_healthy.labels(*labels).set(1 if worker.takes_traffic(now) else 0)
         self._metrics.worker_inflight.labels(*labels).set(worker.inflight)
+        self._metrics.worker_draining.labels(*labels).set(1 if worker.draining else 0)
         saturation = worker.known_saturation(now, self.settings.stale_after)
         self._metrics.worker_saturation.labels(*labels).set(saturation or 0.0)
         route = self._registry.route(worker.model)

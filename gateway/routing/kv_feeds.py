@@ -26,14 +26,24 @@ class KvEventFeeds:
         self._probe = probe
         self._timeout = timeout
         self._context = zmq.asyncio.Context()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Worker, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
-        for route in self._registry.routes():
-            if route.prefix is None or route.prefix.exact is None:
-                continue
-            for worker in route.workers:
-                self._tasks.append(asyncio.create_task(self._feed(worker, route.prefix)))
+        self.sync()
+
+    def sync(self) -> None:
+        """Follow the workers the registry has now (after a reload too), and no others."""
+        wanted = {
+            worker: route.prefix
+            for route in self._registry.routes()
+            if route.prefix is not None and route.prefix.exact is not None
+            for worker in route.workers
+        }
+        for worker in [w for w in self._tasks if w not in wanted]:
+            self._tasks.pop(worker).cancel()
+        for worker, prefix in wanted.items():
+            if worker not in self._tasks:
+                self._tasks[worker] = asyncio.create_task(self._feed(worker, prefix))
 
     async def _feed(self, worker: Worker, prefix: PrefixRouting) -> None:
         slot = worker.slot
@@ -51,9 +61,10 @@ class KvEventFeeds:
                 await asyncio.sleep(_LOOK_AGAIN)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._context.term()

@@ -146,7 +146,7 @@ def _by_cache(  # noqa: PLR0917 (the choice's whole context, from choose())
     """The worker expected to hold the most leading blocks, unless it is clearly busier than
     the least loaded (by more than the balance threshold): then load wins."""
     assert route.prefix is not None
-    cached = route.prefix.index.match(prefix, len(route.workers))
+    cached = route.prefix.index.match(prefix, route.prefix.slots)
     least = _least_loaded(route, live, cap, now, stale_after)
     best, blocks = least, cached[least.slot]
     for worker in live:

@@ -68,6 +68,12 @@ class PrefixIndex:
         self._lru: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(slots)]
         self._capacity = [capacity] * slots
 
+    def grow(self, slots: int) -> None:
+        """Room for workers in slots up to `slots` - 1 (a reload added some)."""
+        while len(self._lru) < slots:
+            self._lru.append(OrderedDict())
+            self._capacity.append(self._capacity[-1] if self._capacity else 1)
+
     def set_capacity(self, slot: int, blocks: int) -> None:
         self._capacity[slot] = max(blocks, 1)
         self._evict(slot)

@@ -51,6 +51,10 @@ class ExactHoldings:
                 blocks.clear()
                 self._index.forget(slot)
 
+    def grow(self, slots: int) -> None:
+        while len(self._blocks) < slots:
+            self._blocks.append({})
+
     def forget(self, slot: int) -> None:
         """The worker restarted: nothing of what it held is left."""
         self._blocks[slot].clear()

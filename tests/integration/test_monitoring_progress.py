@@ -25,7 +25,7 @@ def test_gateway_ready_line_comes_once_ready_answers(
         config = tmp_path / "models.yaml"
         config.write_text(one_worker_models(fake_url))
         args = _args(config)
-        process = _start_gateway(args)
+        process = _start_gateway(args, config)
         try:
             _report_gateway(args, process, 1)
             url = f"http://127.0.0.1:{args.gateway_port}"
@@ -46,7 +46,7 @@ def test_a_gateway_that_exits_is_not_reported_ready(
     config.write_text("models: []\n")  # refused: the gateway exits at start
     args = _args(config)
     started = time.monotonic()
-    process = _start_gateway(args)
+    process = _start_gateway(args, config)
     try:
         _report_gateway(args, process, 1)
     finally:

@@ -138,7 +138,10 @@ def test_vllm_runs_the_pinned_image_with_compose_flags_but_one_port() -> None:
     flags = compose["llama8b-0"]["command"]
     port = flags.index("--port") + 1
     assert container["args"] == [*flags[:port], "8000", *flags[port + 1 :]]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000},
+        {"name": "kv-events", "containerPort": 5557},  # the gateway's precise mode reads them
+    ]
 
 
 def test_vllm_pod_has_shm_a_cache_volume_an_optional_token_and_health_probes() -> None:

@@ -4,13 +4,13 @@ Redis, the monitoring objects and the KEDA component, as rendered into deploy/k8
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from pathlib import Path
 
 import yaml
 
+from gateway.config.settings import Settings
 from gateway.observe.metrics import Metrics
 from tests.k8s_manifests import (
     DEFAULT_CONFIG,
@@ -64,17 +64,17 @@ def test_gateway_pods_outlive_their_streams_on_shutdown() -> None:
     assert compose["services"]["gateway"]["stop_grace_period"] == f"{GATEWAY_STOP_GRACE_SECONDS}s"
 
 
-def test_drain_time_is_the_gateways_own() -> None:
-    # gateway/__main__.py passes uvicorn timeout_graceful_shutdown; the grace periods build on it.
-    tree = ast.parse((ROOT / "gateway" / "__main__.py").read_text())
-    values = [
-        node.values[node.keys.index(key)]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Dict)
-        for key in node.keys
-        if isinstance(key, ast.Constant) and key.value == "timeout_graceful_shutdown"
-    ]
-    assert [ast.literal_eval(value) for value in values] == [GATEWAY_DRAIN_SECONDS]
+def test_drain_time_is_the_gateways_own_and_both_deployments_give_it_room() -> None:
+    assert Settings().drain_timeout == GATEWAY_DRAIN_SECONDS  # one number, from the gateway
+    deployment = objects(render_files())[("Deployment", "gateway")]
+    env = {item["name"]: item["value"] for item in container_of(deployment)["env"]}
+    assert env["GATEWAY_DRAIN_TIMEOUT"] == str(GATEWAY_DRAIN_SECONDS)
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > (
+        GATEWAY_DRAIN_SECONDS
+    )
+    compose = yaml.safe_load((ROOT / "compose.gpu.yml").read_text())["services"]["gateway"]
+    assert compose["environment"]["GATEWAY_DRAIN_TIMEOUT"] == str(GATEWAY_DRAIN_SECONDS)
+    assert int(compose["stop_grace_period"].rstrip("s")) > GATEWAY_DRAIN_SECONDS
 
 
 def test_gateway_reads_its_files_from_mounts_and_finds_redis() -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from gateway.config.errors import ConfigError
 from workers.__main__ import main as workers_main
+from workers.flags import KV_EVENTS_PORT, kv_events_config
 from workers.render import (
     ALERTS_FILE,
     COMPOSE_FILE,
@@ -111,6 +112,7 @@ def test_one_vllm_service_per_launched_worker_with_the_models_flags() -> None:
         "--tensor-parallel-size", "2",
         "--max-model-len", "32768",
         "--gpu-memory-utilization", "0.9",
+        "--kv-events-config", kv_events_config(KV_EVENTS_PORT),
     ]  # fmt: skip
     assert services["llama8b-3"]["command"][-2:] == ["--max-num-seqs", "256"]
 

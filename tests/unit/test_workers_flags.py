@@ -40,6 +40,13 @@ models:
 """
 
 
+# Every launched worker publishes its KV-cache events (precise cache-aware routing reads them).
+EVENTS_5557 = (
+    '{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:5557",'
+    '"topic":"kv-events"}'
+)
+
+
 def _config(text: str = TWO_MODELS) -> ModelsConfig:
     return parse_models_config(text)
 
@@ -54,6 +61,7 @@ def test_flags_carry_every_configured_setting_and_vllm_args_last() -> None:
         "--pipeline-parallel-size", "2",
         "--max-model-len", "8192",
         "--gpu-memory-utilization", "0.85",
+        "--kv-events-config", EVENTS_5557,
         "--max-num-seqs", "64", "--max-model-len", "4096",
     ]  # fmt: skip
 
@@ -66,6 +74,7 @@ def test_flags_omit_unset_settings_and_single_stage_pipeline() -> None:
         "--served-model-name", "small",
         "--port", "8102",
         "--tensor-parallel-size", "1",
+        "--kv-events-config", EVENTS_5557,
     ]  # fmt: skip
 
 
@@ -138,6 +147,7 @@ def test_server_command_serves_the_stand_in_under_the_configured_name(tmp_path: 
         "--host", "127.0.0.1",
         "--port", "9002",
         "--tensor-parallel-size", "1",
+        "--kv-events-config", EVENTS_5557,  # LocalWorkers sets a free port of its own
     ]  # fmt: skip
 
 

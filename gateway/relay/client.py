@@ -1,0 +1,93 @@
+"""Writing the answer to the client: ASGI messages, the ratelimit headers, and the write
+deadline for a client that stops reading (only armed while the connection's send buffer is
+full, so a reading client costs one check per write)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from starlette.types import Message, Scope, Send
+
+from gateway.errors import GatewayError
+from gateway.record import RequestRecord
+from gateway.relay.disconnect import ClientGone, DisconnectWatch
+from gateway.server.protocol import CLIENT_EXTENSION
+
+
+class ClientLink(Protocol):
+    """What the server layer offers about a client connection."""
+
+    def write_paused(self) -> bool:
+        """True while the connection's send buffer is full: a write would wait for the client."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, unsent bytes and all."""
+        ...
+
+
+def client_link(scope: Scope) -> ClientLink | None:
+    extension: Any = scope.get("extensions", {}).get(CLIENT_EXTENSION)
+    return extension.get("link") if isinstance(extension, dict) else None
+
+
+class ClientWriter:
+    __slots__ = ("_extra", "_link", "_record", "_send", "_watch", "_write_timeout", "started")
+
+    def __init__(  # noqa: PLR0917 (the one call site names them)
+        self,
+        send: Send,
+        link: ClientLink | None,
+        write_timeout: float,
+        record: RequestRecord,
+        watch: DisconnectWatch,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self._send = send
+        self._link = link
+        self._write_timeout = write_timeout
+        self._record = record
+        self._watch = watch
+        self._extra = extra_headers  # e.g. x-ratelimit-*
+        self.started = False
+
+    async def start(
+        self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> None:
+        headers = [*headers, *self._extra]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        self.started = True
+        await self._emit({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, body: bytes, *, final: bool = False) -> None:
+        if final:
+            self._watch.finished = True
+        await self._emit({"type": "http.response.body", "body": body, "more_body": not final})
+
+    async def error(self, exc: GatewayError) -> None:
+        """The error as the whole answer: its status, headers and envelope."""
+        body = exc.body()
+        headers = [(b"content-type", b"application/json")]
+        headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        await self.start(exc.status, headers, len(body))
+        await self.body(body, final=True)
+
+    async def _emit(self, message: Message) -> None:
+        link = self._link
+        try:
+            if link is not None and link.write_paused():
+                async with asyncio.timeout(self._write_timeout):
+                    await self._send(message)
+            else:
+                await self._send(message)
+        except TimeoutError:
+            # The client stopped reading: its fault, not the worker's. Drop it (a close would
+            # wait for the full buffer to drain); the relay then ends as if it had left.
+            self._record.error_code = "client_write_timeout"
+            if link is not None:
+                link.abort()
+            raise ClientGone from None
+        except OSError as exc:
+            raise ClientGone from exc
