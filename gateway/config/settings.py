@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     session_affinity: bool = True
     # Cache-aware routing, for models with more than one worker: a request goes to the worker
     # whose vLLM prefix cache is expected to hold most of its prompt (an approximate index of
-    # what was sent where, shared by the replicas through Redis), unless that worker is busier
-    # than the least loaded by more than `prefix_balance` (load: in-flight / cap or saturation).
+    # what was sent where, shared by the replicas through Redis), unless that worker queues more
+    # than the least loaded by more than `prefix_balance` (pressure: the larger of in-flight /
+    # cap and vLLM's waiting requests / 5; a saturated worker is never chosen).
     prefix_routing: bool = False
     prefix_block_bytes: Annotated[int, Field(ge=16)] = 512  # ~ one 128-token vLLM block
     prefix_bytes_per_token: Annotated[float, Field(gt=0)] = 4.0

@@ -161,6 +161,7 @@ class Health:
         scraped = scrape(text)
         if scraped.saturation is not None:
             worker.saturation, worker.scraped_at = scraped.saturation, now
+            worker.waiting = scraped.waiting or 0.0
         route = self._registry.route(worker.model)
         prefix = route.prefix if route is not None else None
         if prefix is None:

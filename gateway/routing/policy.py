@@ -4,7 +4,7 @@ Load of a worker = max(the gateway's own in-flight / its cap, the worker's satur
 metrics). Saturation that is missing or stale counts as half-loaded: unknown is not idle. The
 least-loaded worker that takes traffic wins, ties taken in turn. A session key names a preferred
 worker, kept while it is not saturated. Cache-aware routing prefers the worker whose prefix
-cache is expected to hold the most of the prompt's leading blocks, unless it is clearly busier
+cache is expected to hold the most of the prompt's leading blocks, unless it queues clearly more
 than the least loaded (never a saturated or unhealthy one). Optionally a prompt-length bucket
 names a worker, kept while it is not clearly busier than the least loaded.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gateway.record import RouteReason
 from gateway.routing.registry import ModelRoute, Worker
+from gateway.routing.scrape import WAITING_FULL
 
 UNKNOWN_SATURATION = 0.5
 # A length-bucket's worker is kept while its load is within this much of the least loaded.
@@ -53,6 +54,14 @@ def load_of(worker: Worker, cap: int, now: float, stale_after: float) -> float:
     if saturation is None:
         saturation = UNKNOWN_SATURATION
     return max(worker.inflight / cap, saturation)
+
+
+def pressure(worker: Worker, cap: int, now: float, stale_after: float) -> float:
+    """How much a worker queues: the gateway's in-flight share and vLLM's own waiting queue,
+    without the KV cache's fill (a worker holding many cached prefixes is not busier for it;
+    a full cache is already `saturated`)."""
+    fresh = worker.scraped_at is not None and now - worker.scraped_at <= stale_after
+    return max(worker.inflight / cap, worker.waiting / WAITING_FULL if fresh else 0.0)
 
 
 def saturated(worker: Worker, cap: int, now: float, stale_after: float) -> bool:
@@ -143,8 +152,8 @@ def _by_cache(  # noqa: PLR0917 (the choice's whole context, from choose())
     now: float,
     stale_after: float,
 ) -> Choice:
-    """The worker expected to hold the most leading blocks, unless it is clearly busier than
-    the least loaded (by more than the balance threshold): then load wins."""
+    """The worker expected to hold the most leading blocks, unless it queues clearly more than
+    the least loaded (its pressure higher by more than the balance threshold): then load wins."""
     assert route.prefix is not None
     cached = route.prefix.index.match(prefix, route.prefix.slots)
     least = _least_loaded(route, live, cap, now, stale_after)
@@ -155,7 +164,7 @@ def _by_cache(  # noqa: PLR0917 (the choice's whole context, from choose())
     if blocks < route.prefix.min_blocks:
         return Choice(least, "load", blocks)
     if best is not least:
-        busier = load_of(best, cap, now, stale_after) - load_of(least, cap, now, stale_after)
+        busier = pressure(best, cap, now, stale_after) - pressure(least, cap, now, stale_after)
         if busier > route.prefix.balance:
             return Choice(least, "fallback", cached[least.slot])
     return Choice(best, "cache", blocks)

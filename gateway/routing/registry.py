@@ -31,6 +31,7 @@ class Worker:
     ejected_until: float = 0.0
     # From the worker's /metrics: saturation max(waiting/5, kv/0.8) and when it was scraped.
     saturation: float = 0.0
+    waiting: float = 0.0  # requests queued inside vLLM, from the same scrape
     scraped_at: float | None = None
     started: float | None = None  # its process start time, as its /metrics says
     draining: bool = False  # maintenance: no new requests, those in flight finish

@@ -16,6 +16,7 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 @dataclass(frozen=True, slots=True)
 class Scraped:
     saturation: float | None  # max(waiting / 5, kv_cache_usage / 0.8)
+    waiting: float | None  # requests queued inside vLLM (all its engines)
     cache_tokens: int | None  # block_size x num_gpu_blocks of vllm:cache_config_info
     started: float | None  # process_start_time_seconds
 
@@ -37,7 +38,7 @@ def scrape(text: str) -> Scraped:
     saturation = None
     if waiting is not None or kv is not None:
         saturation = max((waiting or 0.0) / WAITING_FULL, (kv or 0.0) / KV_FULL)
-    return Scraped(saturation, cache_tokens or None, started)
+    return Scraped(saturation, waiting, cache_tokens or None, started)
 
 
 def saturation_from_metrics(text: str) -> float | None:
