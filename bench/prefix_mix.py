@@ -8,7 +8,8 @@ cache each), three workloads, three routing policies, each run through its own f
 Workloads: (a) multi-turn conversations resending their history, (b) a few long system prompts
 shared by many short questions, (c) unrelated prompts. Policies: least-loaded (no session id,
 GATEWAY_PREFIX_ROUTING=false), session (an x-session-id per conversation, per system prompt in (b),
-per request in (c)), cache-aware (no session id, GATEWAY_PREFIX_ROUTING=true). The workers start
+per request in (c)), cache-aware (no session id, GATEWAY_PREFIX_ROUTING=true), cache-precise (the
+same, following the workers' KV-cache events: GATEWAY_PREFIX_KV_EVENTS=true). The workers start
 once (about two minutes); before every run their prefix caches are emptied (POST
 /reset_prefix_cache, served because they run with VLLM_SERVER_DEV_MODE=1) and a new gateway starts.
 Writes bench/out/prefix-mix-<time>.md and .json; needs the vLLM venv (make vllm-venv).
@@ -56,6 +57,10 @@ POLICIES = {
     "least-loaded": Policy({"GATEWAY_PREFIX_ROUTING": "false"}, session=False),
     "session": Policy({"GATEWAY_PREFIX_ROUTING": "false"}, session=True),
     "cache-aware": Policy({"GATEWAY_PREFIX_ROUTING": "true"}, session=False),
+    # Precise mode: the index follows the workers' KV-cache events.
+    "cache-precise": Policy(
+        {"GATEWAY_PREFIX_ROUTING": "true", "GATEWAY_PREFIX_KV_EVENTS": "true"}, session=False
+    ),
 }
 
 
