@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import os
+
 import redis
 
-REDIS = "redis://127.0.0.1:6379"
+# Another Redis for the suite (e.g. two checkouts testing at once on one machine):
+# GATEWAY_TEST_REDIS=redis://127.0.0.1:6380
+REDIS = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 class RedisDBs:
