@@ -6,10 +6,9 @@ DB 0 is left to whoever runs the gateway by hand on this machine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import os
 from pathlib import Path
 
 import redis
