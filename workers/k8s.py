@@ -9,9 +9,9 @@ import re
 from typing import Any
 
 from gateway.config.models import ModelConfig, ModelsConfig
-from workers.compose import HF_CACHE, REDIS_COMMAND, VLLM_CACHE, escape_dollars
+from workers.compose import ADAPTERS_DIR, HF_CACHE, REDIS_COMMAND, VLLM_CACHE, escape_dollars
 from workers.cpu_plan import world_size
-from workers.flags import KV_EVENTS_PORT, vllm_flags
+from workers.flags import KV_EVENTS_PORT, vllm_env, vllm_flags
 from workers.lifecycle import WORKER_START_SECONDS, WORKER_STOP_GRACE_SECONDS
 
 NAMESPACE = "llm-gateway"
@@ -26,6 +26,9 @@ VLLM_SELECTOR = {"app.kubernetes.io/name": "vllm"}
 MODEL_ANNOTATION = "llm-gateway/model"
 # Created by the operator, never rendered (README "Kubernetes"): optional, for gated models.
 HF_TOKEN_SECRET = "hf-token"  # noqa: S105 (the Secret's name, not a token)
+# Also the operator's: a claim holding the LoRA adapters named by a local path (README
+# "LoRA adapters"), mounted read-only at /adapters in the pods of models that use adapters.
+ADAPTERS_CLAIM = "lora-adapters"
 # Each pod's Hugging Face and vLLM compile caches, on its own volume: ReadWriteOnce suffices.
 CACHE_SIZE = "200Gi"
 # PyTorch passes tensors between the ranks of one pod through /dev/shm; the container default
@@ -138,16 +141,29 @@ def service(
     }
 
 
+def uses_adapters(model: ModelConfig) -> bool:
+    return bool(model.adapters) or model.runtime_lora
+
+
 def _vllm_container(model: ModelConfig, image: str) -> dict[str, Any]:
     worker = next(w for w in model.workers if w.launched)
     gpus = world_size(model)
     token = {"name": HF_TOKEN_SECRET, "key": "token", "optional": True}
+    env: list[dict[str, Any]] = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": token}}]
+    env += [{"name": name, "value": value} for name, value in vllm_env(model).items()]
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 (in the container)
+        {"name": "cache", "mountPath": HF_CACHE, "subPath": "huggingface"},
+        {"name": "cache", "mountPath": VLLM_CACHE, "subPath": "vllm"},
+    ]
+    if uses_adapters(model):
+        mounts.append({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True})
     return {
         "name": "vllm",
         "image": image,
         # The image's entrypoint is the OpenAI server; these are its flags, as in compose.
         "args": [escape_dollars(flag) for flag in vllm_flags(model, worker, port=VLLM_PORT)],
-        "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": token}}],
+        "env": env,
         "ports": [
             {"name": "http", "containerPort": VLLM_PORT},
             {"name": "kv-events", "containerPort": KV_EVENTS_PORT},
@@ -158,11 +174,7 @@ def _vllm_container(model: ModelConfig, image: str) -> dict[str, Any]:
             "requests": {"cpu": str(2 * gpus), "memory": f"{16 * gpus}Gi"},
             "limits": {"nvidia.com/gpu": gpus},
         },
-        "volumeMounts": [
-            {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 (in the container)
-            {"name": "cache", "mountPath": HF_CACHE, "subPath": "huggingface"},
-            {"name": "cache", "mountPath": VLLM_CACHE, "subPath": "vllm"},
-        ],
+        "volumeMounts": mounts,
         # Failures before the first 200 don't count until the weights had time to load.
         "startupProbe": http_probe(
             "/health", PROBE_PERIOD_SECONDS, WORKER_START_SECONDS // PROBE_PERIOD_SECONDS
@@ -179,6 +191,15 @@ def vllm_statefulset(model: ModelConfig, image: str) -> dict[str, Any]:
     and metrics for) and its own cache volume, on any storage class.
     """
     name, pod_labels = vllm_name(model), vllm_labels(model)
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_PER_GPU * world_size(model)}Gi"},
+        }
+    ]
+    if uses_adapters(model):
+        claim_ref = {"claimName": ADAPTERS_CLAIM, "readOnly": True}
+        volumes.append({"name": "adapters", "persistentVolumeClaim": claim_ref})
     pod_spec = {
         # Service links would put VLLM_*-named variables into the environment vLLM reads.
         "enableServiceLinks": False,
@@ -186,15 +207,7 @@ def vllm_statefulset(model: ModelConfig, image: str) -> dict[str, Any]:
         "terminationGracePeriodSeconds": WORKER_STOP_GRACE_SECONDS,
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "containers": [_vllm_container(model, image)],
-        "volumes": [
-            {
-                "name": "dshm",
-                "emptyDir": {
-                    "medium": "Memory",
-                    "sizeLimit": f"{SHM_PER_GPU * world_size(model)}Gi",
-                },
-            }
-        ],
+        "volumes": volumes,
     }
     claim = {
         "metadata": {"name": "cache"},

@@ -19,15 +19,18 @@ from types import TracebackType
 
 import httpx
 
-from gateway.config.models import ModelsConfig, WorkerConfig
+from gateway.config.models import AdapterConfig, ModelConfig, ModelsConfig, WorkerConfig
 from workers.cpu_plan import (
     DEFAULT_CACHE_DIR,
     DEFAULT_VENV,
     REPO_ROOT,
     WorkerLaunch,
+    adapter_commands,
+    adapter_dir,
     plan_launches,
     server_command,
     server_env,
+    tinylora_command,
     tinymodel_command,
 )
 from workers.progress import (
@@ -126,6 +129,7 @@ class LocalWorkers:
         self._env = dict(env or {})
         self._shape_args = ["--shape", stand_in_shape] if stand_in_shape else []
         self._python = venv / "bin" / "python"
+        self._cache_dir = cache_dir
         self._kv_cache_gib = kv_cache_gib
         self._startup_timeout = startup_timeout
         self._stop_grace = stop_grace
@@ -162,13 +166,31 @@ class LocalWorkers:
     def attached_config(self) -> ModelsConfig:
         """The same config with each launched worker turned into an attached `url:` worker.
 
-        What a gateway under test should route with, since the ports may have been overridden.
+        What a gateway under test should route with, since the ports may have been overridden;
+        LoRA adapters point at their local stand-ins (what a run-time load must name).
         """
         models = []
         for model in self._config.models:
             workers = [self._as_attached(worker) for worker in model.workers]
-            models.append(model.model_copy(update={"workers": workers}))
+            adapters = [self._local_adapter(model, adapter) for adapter in model.adapters]
+            models.append(model.model_copy(update={"workers": workers, "adapters": adapters}))
         return self._config.model_copy(update={"models": models})
+
+    def _local_adapter(self, model: ModelConfig, adapter: AdapterConfig) -> AdapterConfig:
+        if not any(w.launched for w in model.workers):
+            return adapter
+        local = adapter_dir(self._cache_dir, adapter.name)
+        return AdapterConfig(name=adapter.name, path=str(local))
+
+    def stand_in_adapter(self, model_name: str, adapter_name: str) -> Path:
+        """Generate (or keep) a stand-in LoRA adapter for a launched model that no worker loaded
+        at start (for run-time loading); returns its directory."""
+        launch = next(x for x in self._launches.values() if x.model.name == model_name)
+        out_dir = adapter_dir(self._cache_dir, adapter_name)
+        self._run_generator(
+            tinylora_command(self._python, out_dir, launch.model, launch.model_dir, adapter_name)
+        )
+        return out_dir
 
     def _as_attached(self, worker: WorkerConfig) -> WorkerConfig:
         if worker.name not in self._launches:
@@ -218,14 +240,17 @@ class LocalWorkers:
         for launch in self._launches.values():
             if launch.model_dir in done:  # workers of one model share its stand-in
                 continue
-            env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-            subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
-                [*tinymodel_command(launch, self._python), *self._shape_args],
-                cwd=REPO_ROOT,
-                env=env,
-                check=True,
-            )
+            shape = self._shape_args if launch.model.runner == "generate" else []
+            self._run_generator([*tinymodel_command(launch, self._python), *shape])
+            for command in adapter_commands(launch, self._python):
+                self._run_generator(command)
             done.add(launch.model_dir)
+
+    def _run_generator(self, command: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
+            command, cwd=REPO_ROOT, env=env, check=True
+        )
 
     def _spawn(self, name: str) -> None:
         launch = self._launches[name]

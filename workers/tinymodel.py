@@ -13,7 +13,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,18 +71,52 @@ def _stamp(seed: int, max_positions: int, shape: str = DEFAULT_SHAPE) -> dict[st
 def is_complete(
     out_dir: Path, seed: int, max_positions: int = DEFAULT_MAX_POSITIONS, shape: str = DEFAULT_SHAPE
 ) -> bool:
-    """True when `out_dir` holds a model made by this generator with these settings.
+    """True when `out_dir` holds a model made by this generator with these settings."""
+    return stamp_matches(out_dir, _stamp(seed, max_positions, shape))
+
+
+def stamp_matches(out_dir: Path, stamp: Mapping[str, object]) -> bool:
+    """True when `out_dir` was completed with exactly this stamp (any stand-in generator).
 
     The stamp file is written last, so its presence means every other file is complete.
     """
     try:
-        stamp = json.loads((out_dir / STAMP_NAME).read_text())
-        return bool(stamp == _stamp(seed, max_positions, shape))
+        found = json.loads((out_dir / STAMP_NAME).read_text())
+        return bool(found == dict(stamp))
     except (OSError, ValueError):
         return False
 
 
-def _training_text() -> Iterator[str]:
+def write_atomically(
+    out_dir: Path, stamp: Mapping[str, object], build: Callable[[Path], None]
+) -> bool:
+    """Run `build(tmp)` and move tmp to `out_dir` unless a matching stamp is already there.
+
+    Builds in a sibling temporary directory and renames it into place, so a crash or a concurrent
+    run never leaves a half-written directory that looks complete. Returns True when it built.
+    """
+    if stamp_matches(out_dir, stamp):
+        return False
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; containers may read it as another user
+        (tmp / STAMP_NAME).write_text(json.dumps(dict(stamp)))
+        if out_dir.exists() and not stamp_matches(out_dir, stamp):
+            shutil.rmtree(out_dir)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            # Lost a race to a concurrent run: its result is as good as ours.
+            if not stamp_matches(out_dir, stamp):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def training_text() -> Iterator[str]:
     """Python's own stdlib sources: always present locally, and fixed for a given interpreter."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     budget = TRAINING_TEXT_BYTES
@@ -117,7 +151,7 @@ def _build_tokenizer(out_dir: Path, max_positions: int) -> dict[str, int]:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(training_text(), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
@@ -177,29 +211,14 @@ def generate(
 ) -> bool:
     """Write the model to `out_dir` unless already there; returns True when it generated one.
 
-    Builds in a sibling temporary directory and renames it into place, so a crash or a concurrent
-    run never leaves a half-written model that looks complete. `shape` names one of SHAPES.
+    `shape` names one of SHAPES.
     """
-    if is_complete(out_dir, seed, max_positions, shape):
-        return False
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         ids = _build_tokenizer(tmp, max_positions)
         _build_model(tmp, seed, max_positions, ids, SHAPES[shape])
-        tmp.chmod(0o755)  # mkdtemp makes it private; containers may read it as another user
-        (tmp / STAMP_NAME).write_text(json.dumps(_stamp(seed, max_positions, shape)))
-        if out_dir.exists() and not is_complete(out_dir, seed, max_positions, shape):
-            shutil.rmtree(out_dir)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            # Lost a race to a concurrent run: its model is as good as ours.
-            if not is_complete(out_dir, seed, max_positions, shape):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return True
+
+    return write_atomically(out_dir, _stamp(seed, max_positions, shape), build)
 
 
 def main(argv: list[str] | None = None) -> int:

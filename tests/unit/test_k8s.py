@@ -145,7 +145,7 @@ def test_vllm_runs_the_pinned_image_with_compose_flags_but_one_port() -> None:
 
 
 def test_vllm_pod_has_shm_a_cache_volume_an_optional_token_and_health_probes() -> None:
-    statefulset = objects(render_files())[("StatefulSet", "vllm-qwen2-5-1-5b-instruct")]
+    statefulset = objects(render_files())[("StatefulSet", "vllm-llama-3-2-1b-instruct")]
     pod = statefulset["spec"]["template"]["spec"]
     container = container_of(statefulset)
     (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
@@ -166,6 +166,23 @@ def test_vllm_pod_has_shm_a_cache_volume_an_optional_token_and_health_probes() -
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert pod["enableServiceLinks"] is False  # no VLLM_*-like variables from Services
+
+
+def test_lora_pods_mount_the_adapters_claim_and_may_load_adapters_at_run_time() -> None:
+    docs = objects(render_files())
+    statefulset = docs[("StatefulSet", "vllm-qwen2-5-1-5b-instruct")]
+    container = container_of(statefulset)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/adapters")
+    assert mount["readOnly"] is True
+    volume = next(
+        v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
+    assert volume["persistentVolumeClaim"] == {"claimName": "lora-adapters", "readOnly": True}
+    assert "--enable-lora" in container["args"]
+    llama = container_of(docs[("StatefulSet", "vllm-llama-3-2-1b-instruct")])
+    assert all(m["mountPath"] != "/adapters" for m in llama["volumeMounts"])
 
 
 def test_dollar_signs_in_vllm_args_reach_vllm_literally(tmp_path: Path) -> None:

@@ -127,17 +127,37 @@ def test_workers_are_pinned_to_their_gpus_without_cuda_visible_devices() -> None
 
 
 def test_worker_service_is_private_health_gated_and_shares_memory() -> None:
-    worker = _compose()["services"]["qwen-0"]
+    worker = _compose()["services"]["llama-0"]
     assert "ports" not in worker  # reached on the compose network only
-    assert worker["expose"] == ["8101"]
+    assert worker["expose"] == ["8102"]
     assert worker["ipc"] == "host"
     assert worker["environment"] == {"HF_TOKEN": "${HF_TOKEN:-}"}
     assert "hf-cache:/root/.cache/huggingface" in worker["volumes"]
     check = worker["healthcheck"]
-    assert "http://127.0.0.1:8101/health" in check["test"][-1]
+    assert "http://127.0.0.1:8102/health" in check["test"][-1]
     assert int(check["start_period"].removesuffix("s")) >= 900  # download + load + warm-up
     assert worker["restart"] == "unless-stopped"
     assert int(worker["stop_grace_period"].removesuffix("s")) >= 30
+
+
+def test_lora_worker_loads_its_adapters_mounted_and_may_load_more_at_run_time() -> None:
+    services = _compose()["services"]
+    qwen = services["qwen-0"]
+    assert qwen["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "./adapters:/adapters:ro" in qwen["volumes"]
+    command = qwen["command"]
+    modules = command.index("--lora-modules")
+    assert command[modules - 1] == "--enable-lora"
+    assert command[modules + 1] == "qwen2.5-1.5b-sql-lora=/adapters/qwen2.5-1.5b-sql-lora"
+    llama = services["llama-0"]
+    assert "--enable-lora" not in llama["command"]
+    assert not any("adapters" in volume for volume in llama["volumes"])
+
+
+def test_embedding_worker_runs_the_pooling_runner() -> None:
+    command = _compose()["services"]["bge-0"]["command"]
+    assert command[command.index("--runner") + 1] == "pooling"
+    assert "--runner" not in _compose()["services"]["llama-0"]["command"]
 
 
 def test_gateway_service_reaches_workers_by_name_and_reads_the_config_read_only() -> None:

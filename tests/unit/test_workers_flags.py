@@ -10,6 +10,7 @@ import pytest
 from gateway.config.models import ModelsConfig, WorkerConfig, parse_models_config
 from workers.cpu_plan import (
     SERVER_MODULE,
+    adapter_commands,
     cpu_bindings,
     plan_launches,
     server_command,
@@ -17,7 +18,7 @@ from workers.cpu_plan import (
     stand_in_seed,
     tinymodel_command,
 )
-from workers.flags import vllm_flags
+from workers.flags import vllm_env, vllm_flags
 from workers.local import LocalWorkers
 from workers.tinymodel import STAMP_NAME, is_complete
 
@@ -191,3 +192,87 @@ def test_stand_in_counts_as_complete_only_with_a_matching_stamp(tmp_path: Path) 
     assert is_complete(tmp_path, seed=1)
     assert not is_complete(tmp_path, seed=2)
     assert not is_complete(tmp_path, seed=1, max_positions=8192)
+
+
+LORA_AND_POOLING = """
+models:
+  - name: chat
+    model: org/Chat-1B
+    adapters:
+      - {name: chat-sql, path: org/chat-sql-lora}
+      - {name: chat-law, path: /adapters/law}
+    max_lora_rank: 4
+    runtime_lora: true
+    workers:
+      - {name: chat-0, gpus: [0], port: 8101}
+  - name: plain
+    model: org/Plain-1B
+    runtime_lora: true
+    workers:
+      - {name: plain-0, gpus: [1], port: 8102}
+  - name: embed
+    model: org/Embed-small
+    runner: pooling
+    workers:
+      - {name: embed-0, gpus: [2], port: 8103}
+"""
+
+
+def test_flags_enable_lora_with_every_adapter_and_its_rank() -> None:
+    chat = _config(LORA_AND_POOLING).models[0]
+    flags = vllm_flags(chat, chat.workers[0])
+    start = flags.index("--enable-lora")
+    assert flags[start : start + 6] == [
+        "--enable-lora",
+        "--lora-modules", "chat-sql=org/chat-sql-lora", "chat-law=/adapters/law",
+        "--max-lora-rank", "4",
+    ]  # fmt: skip
+    local = vllm_flags(chat, chat.workers[0], adapter_paths={"chat-law": "/tmp/law"})
+    assert "chat-law=/tmp/law" in local
+    assert "chat-sql=org/chat-sql-lora" in local
+
+
+def test_runtime_lora_alone_enables_lora_without_modules_and_sets_the_env() -> None:
+    plain = _config(LORA_AND_POOLING).models[1]
+    flags = vllm_flags(plain, plain.workers[0])
+    assert "--enable-lora" in flags
+    assert "--lora-modules" not in flags
+    assert vllm_env(plain) == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    assert vllm_env(_config().models[1]) == {}
+
+
+def test_pooling_model_runs_the_pooling_runner_and_generate_models_do_not() -> None:
+    embed = _config(LORA_AND_POOLING).models[2]
+    flags = vllm_flags(embed, embed.workers[0])
+    assert flags[flags.index("--runner") + 1] == "pooling"
+    assert "--enable-lora" not in flags
+    small = _config().models[1]
+    assert "--runner" not in vllm_flags(small, small.workers[0])
+
+
+def test_stand_ins_follow_the_runner_and_adapters_get_their_own(tmp_path: Path) -> None:
+    chat, _, embed = plan_launches(_config(LORA_AND_POOLING), cache_dir=tmp_path, cpus=[0])
+    assert tinymodel_command(embed, Path("/py")) == [
+        "/py", "-m", "workers.tinyembed", str(tmp_path / "embed"),
+        "--seed", str(stand_in_seed("embed")),
+    ]  # fmt: skip
+    sql, law = adapter_commands(chat, Path("/py"))
+    assert sql == [
+        "/py", "-m", "workers.tinylora", str(tmp_path / "adapters" / "chat-sql"),
+        "--base", str(tmp_path / "chat"), "--seed", str(stand_in_seed("chat-sql")),
+        "--rank", "4",  # within the model's max_lora_rank
+    ]  # fmt: skip
+    assert law[3] == str(tmp_path / "adapters" / "chat-law")
+    command = server_command(chat, Path("/py"))
+    assert f"chat-law={tmp_path / 'adapters' / 'chat-law'}" in command
+    env = server_env(chat, {}, kv_cache_gib=1)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_attached_config_points_adapters_at_their_local_stand_ins(tmp_path: Path) -> None:
+    workers = LocalWorkers(_config(LORA_AND_POOLING), cache_dir=tmp_path)
+    adapters = workers.attached_config().models[0].adapters
+    assert [(a.name, a.path) for a in adapters] == [
+        ("chat-sql", str(tmp_path / "adapters" / "chat-sql")),
+        ("chat-law", str(tmp_path / "adapters" / "chat-law")),
+    ]
