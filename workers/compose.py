@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
-from workers.flags import vllm_env, vllm_flags
+from workers.flags import RESPONSES_STORE_ENV, vllm_env, vllm_flags
 from workers.lifecycle import (
     GATEWAY_DRAIN_SECONDS,
     GATEWAY_STOP_GRACE_SECONDS,
@@ -94,10 +94,14 @@ def worker_service(model: ModelConfig, worker: WorkerConfig, image: str) -> dict
     volumes = [f"hf-cache:{HF_CACHE}", f"{worker_cache_volume(worker)}:{VLLM_CACHE}"]
     if model.adapters or model.runtime_lora:
         volumes.append(f"./adapters:{ADAPTERS_DIR}:ro")
+    environment = {"HF_TOKEN": "${HF_TOKEN:-}", **vllm_env(model)}
+    if model.runner == "generate":
+        # Opt-in from the shell or .env (README "Responses API"): vLLM never frees stored ones.
+        environment[RESPONSES_STORE_ENV] = f"${{{RESPONSES_STORE_ENV}:-0}}"
     return {
         "image": image,
         "command": [escape_dollars(flag) for flag in vllm_flags(model, worker)],
-        "environment": {"HF_TOKEN": "${HF_TOKEN:-}", **vllm_env(model)},
+        "environment": environment,
         "volumes": volumes,
         # PyTorch shares tensors between the ranks of tensor/pipeline parallelism through shared
         # memory; Docker's default 64 MB /dev/shm is far too small. vLLM's docs use ipc: host.

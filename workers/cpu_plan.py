@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
-from workers.flags import KV_EVENTS_PORT, vllm_env, vllm_flags
+from workers.flags import KV_EVENTS_PORT, RESPONSES_STORE_ENV, vllm_env, vllm_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-vllm"
@@ -195,9 +195,12 @@ def server_command(launch: WorkerLaunch, python: Path) -> list[str]:
 def server_env(
     launch: WorkerLaunch, base_env: Mapping[str, str], kv_cache_gib: int
 ) -> dict[str, str]:
-    """The server's environment: offline, a fixed KV cache size, and its own CPUs."""
+    """The server's environment: offline, a fixed KV cache size, its own CPUs, stored Responses."""
     env = dict(base_env)
     env.update(vllm_env(launch.model))
+    if launch.model.runner == "generate":
+        # Short-lived test and demo servers: stored Responses may pile up in memory.
+        env[RESPONSES_STORE_ENV] = "1"
     env.update(
         {
             # No hub is reachable; fail fast instead of retrying downloads.

@@ -16,6 +16,10 @@ from gateway.config.models import ModelConfig, WorkerConfig
 KV_EVENTS_PORT = 5557
 # vLLM refuses /v1/load_lora_adapter and /v1/unload_lora_adapter unless this is set.
 RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+# vLLM silently ignores the Responses API's `store` (so GET /v1/responses/{id} and
+# previous_response_id answer 404) unless this is 1; with it, every stored response stays in the
+# server's memory until it restarts. Local CPU workers set it; deployments opt in.
+RESPONSES_STORE_ENV = "VLLM_ENABLE_RESPONSES_API_STORE"
 
 
 def vllm_flags(

@@ -131,7 +131,10 @@ def test_worker_service_is_private_health_gated_and_shares_memory() -> None:
     assert "ports" not in worker  # reached on the compose network only
     assert worker["expose"] == ["8102"]
     assert worker["ipc"] == "host"
-    assert worker["environment"] == {"HF_TOKEN": "${HF_TOKEN:-}"}
+    assert worker["environment"] == {
+        "HF_TOKEN": "${HF_TOKEN:-}",
+        "VLLM_ENABLE_RESPONSES_API_STORE": "${VLLM_ENABLE_RESPONSES_API_STORE:-0}",
+    }
     assert "hf-cache:/root/.cache/huggingface" in worker["volumes"]
     check = worker["healthcheck"]
     assert "http://127.0.0.1:8102/health" in check["test"][-1]
@@ -155,8 +158,10 @@ def test_lora_worker_loads_its_adapters_mounted_and_may_load_more_at_run_time() 
 
 
 def test_embedding_worker_runs_the_pooling_runner() -> None:
-    command = _compose()["services"]["bge-0"]["command"]
+    embed = _compose()["services"]["bge-0"]
+    command = embed["command"]
     assert command[command.index("--runner") + 1] == "pooling"
+    assert embed["environment"] == {"HF_TOKEN": "${HF_TOKEN:-}"}  # no Responses there
     assert "--runner" not in _compose()["services"]["llama-0"]["command"]
 
 

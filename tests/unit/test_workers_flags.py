@@ -267,6 +267,8 @@ def test_stand_ins_follow_the_runner_and_adapters_get_their_own(tmp_path: Path) 
     assert f"chat-law={tmp_path / 'adapters' / 'chat-law'}" in command
     env = server_env(chat, {}, kv_cache_gib=1)
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert env["VLLM_ENABLE_RESPONSES_API_STORE"] == "1"  # else vLLM ignores `store`
+    assert "VLLM_ENABLE_RESPONSES_API_STORE" not in server_env(embed, {}, kv_cache_gib=1)
 
 
 def test_attached_config_points_adapters_at_their_local_stand_ins(tmp_path: Path) -> None:
