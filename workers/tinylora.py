@@ -43,7 +43,7 @@ def _build(out_dir: Path, base_dir: Path, seed: int, rank: int) -> None:
     )
 
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     config = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,

@@ -102,8 +102,8 @@ def test_unknown_model_raises_not_found(real: RealStack) -> None:
     assert caught.value.code == "model_not_found"
 
 
-def test_models_list_names_every_configured_model(real: RealStack) -> None:
-    assert sorted(m.id for m in client(real).models.list()) == sorted(real.model_names)
+def test_models_list_names_every_configured_model_and_adapter(real: RealStack) -> None:
+    assert sorted(m.id for m in client(real).models.list()) == sorted(real.served_names)
 
 
 def test_vllm_rejection_keeps_its_status_and_message(real: RealStack) -> None:
