@@ -304,7 +304,9 @@ class FakeVLLM:
 def _parse(raw: bytes, content_type: str) -> dict[str, Any]:
     if content_type.startswith("multipart/form-data"):
         stream = fake_apis.form_field(raw, "stream") == "true"
-        return {"multipart": True, "model": fake_apis.form_field(raw, "model"), "stream": stream}
+        gap = float(fake_apis.form_field(raw, "fake_gap") or 0)
+        model = fake_apis.form_field(raw, "model")
+        return {"multipart": True, "model": model, "stream": stream, "fake": {"gap": gap}}
     if not raw:
         return {}
     body: dict[str, Any] = json.loads(raw)
