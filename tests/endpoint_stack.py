@@ -5,6 +5,7 @@ whose one adapter must be loaded by its worker (no run-time loading). Keys with 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ def endpoint_stack(tmp: Path, redis_url: str, env: dict[str, str] | None = None)
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_REDIS_TIMEOUT": "2",
             "GATEWAY_HEALTH_INTERVAL": "0.2",
+            "GATEWAY_HEALTH_TIMEOUT": "3",  # a busy test machine must not look like a dead worker
             "GATEWAY_EJECT_AFTER_FAILURES": "0",
             "GATEWAY_ACCESS_LOG": "true",
             **(env or {}),
@@ -107,4 +109,5 @@ def endpoint_stack(tmp: Path, redis_url: str, env: dict[str, str] | None = None)
             started.callback(proc.stop)
             gateways.append(url)
             logs.append(proc.log)
+        time.sleep(0.5)  # a few health rounds: every worker up, adapters known
         yield Stack(gateways, fakes, keys, logs)

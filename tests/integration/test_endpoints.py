@@ -42,7 +42,6 @@ JSON_PATHS: dict[str, tuple[str, dict[str, Any]]] = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, module_redis_url: str) -> Iterator[Stack]:
     with endpoint_stack(tmp_path_factory.mktemp("endpoints"), module_redis_url) as started:
-        time.sleep(0.5)  # a few health rounds: every worker up, adapters known
         yield started
 
 
@@ -231,7 +230,7 @@ def test_a_stored_response_is_reached_from_either_replica(stack: Stack) -> None:
         assert follow.previous_response_id == made.id
         assert one.responses.retrieve(follow.id).id == follow.id
     streamed = one.responses.create(model="chat", input="hi", stream=True)
-    created = [event for event in streamed if event.type == "response.created"][0]
+    created = next(event for event in streamed if event.type == "response.created")
     cancelled = httpx.post(
         stack.gateways[1] + f"/v1/responses/{created.response.id}/cancel", headers=stack.auth()
     )
@@ -292,15 +291,18 @@ async def test_an_adapter_is_loaded_once_on_one_worker_then_served_there(stack: 
     loads = {w: stack.stats(w)["lora_loads"] for w in ("c0", "c1")}
     assert sum(loads.values()) == 1  # one load for six concurrent requests
     holder = next(w for w, n in loads.items() if n)
-    for _ in range(4):
-        httpx.post(stack.gateways[1] + "/v1/chat/completions", json=body, headers=stack.auth())
-        assert stack.stats(holder)["last_body"]["model"] == "chat-lora-2"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(4):
+            url = stack.gateways[1] + "/v1/chat/completions"
+            assert (await client.post(url, json=body, headers=stack.auth())).is_success
+            assert stack.stats(holder)["last_body"]["model"] == "chat-lora-2"
     assert sum(stack.stats(w)["lora_loads"] for w in ("c0", "c1")) == 1  # learned by probes
 
 
 def test_an_adapter_not_loaded_and_not_loadable_is_a_503(stack: Stack) -> None:
     body = {"model": "fixed-lora", "messages": CHAT}
-    assert httpx.post(stack.url + "/v1/chat/completions", json=body, headers=stack.auth()).is_success
+    url = stack.url + "/v1/chat/completions"
+    assert httpx.post(url, json=body, headers=stack.auth()).is_success
     stack.control("f0", adapters=[])
     try:
         time.sleep(0.6)
