@@ -19,6 +19,7 @@ from gateway.api import openai, ops
 from gateway.api.handlers import install_handlers
 from gateway.api.middleware import HotRoute, RequestContext
 from gateway.api.openai import models_payload
+from gateway.api.relayed import endpoint_routes
 from gateway.config.errors import ConfigError
 from gateway.config.keys import KeyStore
 from gateway.config.models import ModelsConfig, load_models_config
@@ -30,6 +31,7 @@ from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.logs import AccessSink, configure_logging, logging_access
 from gateway.observe.metrics import Metrics
 from gateway.observe.tracing import Tracing
+from gateway.relay.lora_load import AdapterLoader
 from gateway.relay.relay import Bounds, Relaying
 from gateway.relay.upstream import RetryPolicy, Upstream
 from gateway.reload import Reloader
@@ -42,6 +44,7 @@ from gateway.routing.kv_feeds import KvEventFeeds
 from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
+from gateway.routing.response_homes import LocalHomes, RedisHomes, ResponseHomes
 from gateway.server import signals
 from gateway.server.drain import Drain
 from gateway.server.protocol import LIMITS_KEY, ServerLimits
@@ -114,6 +117,12 @@ def _prefix_share(settings: Settings, registry: Registry) -> PrefixShare | None:
     return share
 
 
+def _response_homes(settings: Settings) -> ResponseHomes:
+    if settings.redis_url is None:
+        return LocalHomes(settings.response_home_ttl)
+    return RedisHomes(settings.redis_url, settings.redis_timeout, settings.response_home_ttl)
+
+
 def _server_limits(settings: Settings) -> ServerLimits:
     """The settings' limits, with open connections capped by what the open-files limit allows
     (each relayed request holds two: the client's and the worker's)."""
@@ -184,6 +193,8 @@ async def _build_state(
         prefix_share=_prefix_share(settings, registry),
         kv_feeds=KvEventFeeds(registry, probe, settings.health_timeout),
         drain=drain,
+        homes=_response_homes(settings),
+        adapters=AdapterLoader(upstream, settings.lora_load_timeout),
     )
     await health.start()  # what is known of the workers, before the first request
     if state.prefix_share is not None:
@@ -198,6 +209,7 @@ async def _close_state(state: AppState) -> None:
         await state.prefix_share.aclose()
     await state.health.aclose()
     await state.limiter.aclose()
+    await state.homes.aclose()
     await state.upstream.aclose()
     await state.probe.aclose()
 
@@ -257,7 +269,7 @@ def create_app(
     keys = _key_store(settings, metrics)  # a missing or broken keys file fails here
     metrics.prepare(
         {m.name: [w.name for w in m.workers] for m in models.models},
-        [endpoint.path for endpoint in Endpoint],
+        [endpoint.path for endpoint in Endpoint if endpoint.spec.cache_aware],
     )
     if tracing is None and settings.otlp_endpoint:
         tracing = Tracing.to_otlp(settings.otlp_endpoint)
@@ -287,7 +299,7 @@ def create_app(
 
     app = GatewayApp(
         metrics,
-        openai.completion_routes(),
+        endpoint_routes(),
         tracing,
         access if settings.access_log else None,
         title="LLM gateway",

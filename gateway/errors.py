@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Literal
 
 import orjson
 from starlette.responses import Response
@@ -52,9 +53,58 @@ class GatewayError(Exception):
         """The error as one SSE event followed by the stream terminator."""
         return b"data: " + self.body() + b"\n\ndata: [DONE]\n\n"
 
-    def to_response(self, extra_headers: Mapping[str, str] | None = None) -> Response:
+    # --- other envelopes: Anthropic's (/v1/messages), the Responses API's stream ------------
+
+    def answer(self, dialect: Dialect = "openai") -> tuple[int, bytes]:
+        """The status and body of this error as a whole answer in `dialect`'s envelope."""
+        if dialect == "openai":
+            return self.status, self.body()
+        status, kind = anthropic_status(self.status)
+        doc = {"type": "error", "error": {"type": kind, "message": self.message}}
+        return status, orjson.dumps(doc)
+
+    def stream_event(self, dialect: Dialect = "openai", *, named: bool = False) -> bytes:
+        """The error as a stream's last event: OpenAI's `data:` + [DONE], the Responses API's
+        `event: error`, or Anthropic's `event: error`."""
+        if not named:
+            return self.sse_event()
+        if dialect == "anthropic":
+            return b"event: error\ndata: " + self.answer("anthropic")[1] + b"\n\n"
+        doc = {"type": "error", "code": self.code, "message": self.message, "param": self.param}
+        return b"event: error\ndata: " + orjson.dumps(doc) + b"\n\n"
+
+    def to_response(
+        self, extra_headers: Mapping[str, str] | None = None, dialect: Dialect = "openai"
+    ) -> Response:
         headers = {**self.headers, **(extra_headers or {})}
-        return Response(self.body(), self.status, headers, media_type="application/json")
+        status, body = self.answer(dialect)
+        return Response(body, status, headers, media_type="application/json")
+
+
+Dialect = Literal["openai", "anthropic"]
+
+# Anthropic's error types by status (docs.anthropic.com "Errors"); 529 is its "overloaded".
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_status(status: int) -> tuple[int, str]:
+    """Our status -> Anthropic's status and error type (503: its 529 overloaded_error)."""
+    if status == 503:
+        status = 529
+    kind = _ANTHROPIC_TYPES.get(status)
+    if kind is None:
+        kind = "invalid_request_error" if status < 500 else "api_error"
+    return status, kind
 
 
 # --- the client's fault (4xx) -------------------------------------------------------------------
@@ -111,6 +161,29 @@ class ModelNotFound(GatewayError):
         )
 
 
+class UnsupportedEndpoint(InvalidRequest):
+    """The model's workers do not run what the path needs (e.g. embeddings of a chat model)."""
+
+    code = "unsupported_endpoint"
+
+
+class ResponseNotFound(GatewayError):
+    """No stored response with that id is known to the gateway (never made, or expired)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "response_not_found"
+    log_level = logging.INFO
+
+
+class AdapterNotLoaded(GatewayError):
+    """No worker of the base model has the LoRA adapter, and loading it at run time is off."""
+
+    status = 503
+    code = "adapter_not_loaded"
+    log_level = logging.WARNING
+
+
 class UnknownRoute(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -159,6 +232,14 @@ class UpstreamUnavailable(GatewayError):
     log_level = logging.WARNING
     worker_fault = "unreachable"
     retryable = True
+
+
+class ResponseWorkerGone(GatewayError):
+    """The worker holding a stored response is gone or down: no other worker has it."""
+
+    status = 502
+    code = "response_worker_unavailable"
+    log_level = logging.WARNING
 
 
 class UpstreamTimeout(GatewayError):

@@ -86,7 +86,7 @@ class Reloader:
             state.metrics.forget_worker(worker.model, worker.name)
         state.metrics.prepare(
             {m.name: [w.name for w in m.workers] for m in config.models},
-            [endpoint.path for endpoint in Endpoint],
+            [endpoint.path for endpoint in Endpoint if endpoint.spec.cache_aware],
         )
         state.config = config
         state.models_body = models_payload(config)

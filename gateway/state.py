@@ -12,6 +12,7 @@ from gateway.config.models import ModelsConfig
 from gateway.config.settings import Settings
 from gateway.limits.limiter import Limiter
 from gateway.observe.metrics import Metrics
+from gateway.relay.lora_load import AdapterLoader
 from gateway.relay.relay import Relaying
 from gateway.relay.upstream import Upstream
 from gateway.routing.admission import Dispatcher
@@ -20,6 +21,7 @@ from gateway.routing.kv_feeds import KvEventFeeds
 from gateway.routing.prefix_share import PrefixShare
 from gateway.routing.probe import HttpProbe
 from gateway.routing.registry import Registry
+from gateway.routing.response_homes import ResponseHomes
 from gateway.server.drain import Drain
 
 
@@ -40,3 +42,5 @@ class AppState:
     prefix_share: PrefixShare | None  # cache-aware routing decisions shared through Redis
     kv_feeds: KvEventFeeds  # precise mode: the workers' KV-cache events (idle otherwise)
     drain: Drain  # shutdown: /ready says 503, the requests in flight get a deadline
+    homes: ResponseHomes  # which worker holds each stored Responses API response
+    adapters: AdapterLoader  # LoRA adapters loaded on workers at run time

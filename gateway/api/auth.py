@@ -20,11 +20,24 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def authenticate(headers: list[tuple[bytes, bytes]], store: KeyStore | None) -> Principal:
-    """The caller's Principal; InvalidAPIKey when the key is missing or unknown."""
+def api_key_header(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Anthropic's way of sending the key: `x-api-key: KEY`."""
+    for name, value in headers:
+        if name == b"x-api-key" and value.strip():
+            return value.strip().decode("latin-1")
+    return None
+
+
+def authenticate(
+    headers: list[tuple[bytes, bytes]], store: KeyStore | None, *, x_api_key: bool = False
+) -> Principal:
+    """The caller's Principal; InvalidAPIKey when the key is missing or unknown. `x_api_key`:
+    the key may come in `x-api-key` too (the Anthropic API's paths)."""
     if store is None:
         return ANONYMOUS
     token = bearer_token(headers)
+    if token is None and x_api_key:
+        token = api_key_header(headers)
     if token is None:
         raise InvalidAPIKey(
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."

@@ -17,7 +17,7 @@ from gateway.observe.logs import AccessSink, access_fields
 from gateway.observe.metrics import Metrics
 from gateway.observe.tracing import RequestSpan, Tracing
 from gateway.record import RequestRecord
-from gateway.request import KNOWN_PATHS, OPS_PATHS, Endpoint
+from gateway.request import KNOWN_PATHS, OPS_PATHS, RESPONSES_PREFIX, Endpoint, response_path
 
 log = logging.getLogger("gateway")
 
@@ -25,9 +25,11 @@ _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class HotRoute(Protocol):
-    """A completion endpoint, called with the request's record instead of through FastAPI."""
+    """A model-addressed endpoint, called with the request's record instead of through
+    FastAPI."""
 
     endpoint: Endpoint
+    methods: frozenset[str]
 
     async def __call__(
         self, record: RequestRecord, scope: Scope, receive: Receive, send: Send
@@ -45,9 +47,9 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class RequestContext:
-    """POSTs to the completion routes go straight to their handler, skipping the FastAPI
-    middleware stack and router (measured in bench/RESULTS.md); everything else goes to `app`.
-    """
+    """Requests to the endpoint table's paths go straight to their handler, skipping the
+    FastAPI middleware stack and router (measured in bench/RESULTS.md); everything else goes
+    to `app`."""
 
     def __init__(
         self,
@@ -70,9 +72,13 @@ class RequestContext:
             return
         request_id = request_id_from(scope["headers"])
         path = scope["path"]
-        record = RequestRecord.start(
-            request_id.decode(), scope["method"], path if path in KNOWN_PATHS else "other"
-        )
+        hot = self.hot_routes.get(path)
+        if hot is None and path.startswith(RESPONSES_PREFIX):
+            hot = self._by_id(path)
+        label = path if path in KNOWN_PATHS else "other"
+        if hot is not None:
+            label = hot.endpoint.path  # /v1/responses/{id}, not each id
+        record = RequestRecord.start(request_id.decode(), scope["method"], label)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -80,7 +86,6 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
             await send(message)
 
-        hot = self.hot_routes.get(path)
         span = self._span(scope, hot, record)
         try:
             if hot is None:
@@ -90,10 +95,15 @@ class RequestContext:
         finally:
             self._observe(record, span, path)
 
+    def _by_id(self, path: str) -> HotRoute | None:
+        """/v1/responses/{id} and .../cancel: the table's row for the path's shape."""
+        found = response_path(path)
+        return self.hot_routes.get(found[0].path) if found is not None else None
+
     def _span(
         self, scope: Scope, hot: HotRoute | None, record: RequestRecord
     ) -> RequestSpan | None:
-        if self.tracing is None or hot is None or scope["method"] != "POST":
+        if self.tracing is None or hot is None or scope["method"] not in hot.methods:
             return None
         span = self.tracing.start(scope["headers"], hot.endpoint.operation)
         record.trace_headers = span.traceparent()
@@ -102,11 +112,14 @@ class RequestContext:
     async def _hot(
         self, hot: HotRoute, record: RequestRecord, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        if scope["method"] != "POST":
+        dialect = hot.endpoint.spec.dialect
+        if scope["method"] not in hot.methods:
             error: GatewayError = MethodNotAllowed(
                 f"Method {scope['method']} is not allowed on {scope['path']}"
             )
-            await error.to_response({"allow": "POST"})(scope, receive, send)
+            allow = {"allow": ", ".join(sorted(hot.methods))}
+            record.error_code = error.code
+            await error.to_response(allow, dialect)(scope, receive, send)
             return
         try:
             await hot(record, scope, receive, send)
@@ -117,7 +130,7 @@ class RequestContext:
             log.exception("unhandled error on %s", scope["path"])
             error = InternalError("The gateway failed to handle the request.")
             record.error_code = error.code
-            await error.to_response()(scope, receive, send)
+            await error.to_response(dialect=dialect)(scope, receive, send)
 
     def _observe(self, record: RequestRecord, span: RequestSpan | None, path: str) -> None:
         record.finish()

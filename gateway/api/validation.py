@@ -5,6 +5,7 @@ Everything else stays in the body bytes, which are forwarded to vLLM untouched (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -101,6 +102,93 @@ def _check_prompt(doc: dict[str, Any]) -> None:
         raise _wrong_type("prompt", "a string or an array", prompt)
 
 
+def _required(doc: dict[str, Any], param: str, types: type | tuple[type, ...], what: str) -> None:
+    if param not in doc:
+        raise MissingParameter(f"Missing required parameter: '{param}'.", param=param)
+    if not isinstance(doc[param], types) or isinstance(doc[param], bool):
+        raise _wrong_type(param, what, doc[param])
+
+
+def _optional(doc: dict[str, Any], param: str, types: type | tuple[type, ...], what: str) -> None:
+    value = doc.get(param)
+    if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+        raise _wrong_type(param, what, value)
+
+
+def _check_input(doc: dict[str, Any]) -> None:
+    """Embeddings, pooling, classify: `input` as a string, strings or token arrays. (vLLM's
+    chat-style `messages` form is accepted in its place.)"""
+    if "messages" in doc and "input" not in doc:
+        return
+    _required(doc, "input", (str, list), "a string or an array")
+    if isinstance(doc["input"], list) and not doc["input"]:
+        raise InvalidValue("Invalid 'input': empty array.", param="input")
+
+
+def _check_responses(doc: dict[str, Any]) -> None:
+    _optional(doc, "input", (str, list), "a string or an array")
+    _optional(doc, "previous_response_id", str, "a string")
+
+
+def _check_anthropic(doc: dict[str, Any]) -> None:
+    _check_messages(doc)
+    _required(doc, "max_tokens", int, "an integer")
+
+
+def _check_count_tokens(doc: dict[str, Any]) -> None:
+    _check_messages(doc)
+
+
+def _check_rerank(doc: dict[str, Any]) -> None:
+    _required(doc, "query", (str, dict), "a string")
+    _required(doc, "documents", list, "an array")
+
+
+def _check_score(doc: dict[str, Any]) -> None:
+    for pair in (("text_1", "text_2"), ("queries", "documents"), ("data_1", "data_2")):
+        if pair[0] in doc or pair[1] in doc:
+            _required(doc, pair[0], (str, list, dict), "a string or an array")
+            _required(doc, pair[1], (str, list, dict), "a string or an array")
+            return
+    raise MissingParameter("Missing required parameter: 'text_1' and 'text_2'.", param="text_1")
+
+
+def _check_tokenize(doc: dict[str, Any]) -> None:
+    if "messages" in doc:
+        _check_messages(doc)
+    else:
+        _required(doc, "prompt", str, "a string")
+
+
+def _check_detokenize(doc: dict[str, Any]) -> None:
+    _required(doc, "tokens", list, "an array")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in doc["tokens"]):
+        raise InvalidType("Invalid 'tokens': expected an array of integers.", param="tokens")
+
+
+def _nothing(doc: dict[str, Any]) -> None:
+    return None
+
+
+# What the gateway checks of each JSON body beyond `model`: only what it reads or what would
+# otherwise reach a worker as a confusing error. Everything else is vLLM's to judge.
+_CHECKS: dict[Endpoint, Callable[[dict[str, Any]], None]] = {
+    Endpoint.CHAT: _check_messages,
+    Endpoint.COMPLETIONS: _check_prompt,
+    Endpoint.EMBEDDINGS: _check_input,
+    Endpoint.RESPONSES: _check_responses,
+    Endpoint.MESSAGES: _check_anthropic,
+    Endpoint.COUNT_TOKENS: _check_count_tokens,
+    Endpoint.RERANK: _check_rerank,
+    Endpoint.RERANK_BARE: _check_rerank,
+    Endpoint.SCORE: _check_score,
+    Endpoint.POOLING: _check_input,
+    Endpoint.CLASSIFY: _check_input,
+    Endpoint.TOKENIZE: _check_tokenize,
+    Endpoint.DETOKENIZE: _check_detokenize,
+}
+
+
 def _model(doc: dict[str, Any]) -> str:
     if "model" not in doc:
         raise MissingParameter("you must provide a model parameter", param="model")
@@ -123,15 +211,16 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestView:
     if not isinstance(doc, dict):
         raise InvalidJSON(f"The request body must be a JSON object, not {_type_name(doc)}.")
     model = _model(doc)
-    if endpoint is Endpoint.CHAT:
-        _check_messages(doc)
-    else:
-        _check_prompt(doc)
-    stream = _optional_bool(doc, "stream")
-    include_usage = _include_usage(doc)
-    max_tokens = _optional_positive_int(doc, "max_tokens")
+    _CHECKS.get(endpoint, _nothing)(doc)
+    spec = endpoint.spec
+    stream = _optional_bool(doc, "stream") if spec.stream != "none" else False
+    include_usage = _include_usage(doc) if spec.stream == "data" else False
+    max_tokens = _optional_positive_int(doc, spec.cap_param)
     max_tokens = _optional_positive_int(doc, "max_completion_tokens") or max_tokens
     n = _optional_positive_int(doc, "n") or 1
+    previous = None
+    if endpoint is Endpoint.RESPONSES:
+        previous = doc.get("previous_response_id") or None
     return RequestView(
         endpoint=endpoint,
         model=model,
@@ -141,4 +230,5 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestView:
         max_tokens=max_tokens,
         n=n,
         include_usage=include_usage,
+        response_id=previous,
     )

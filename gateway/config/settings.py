@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     # finish before each is ended (a stream with an error event and [DONE]).
     drain_timeout: Seconds = 30.0
     max_body_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    # Responses API: how long the gateway remembers which worker holds a stored response
+    # (in Redis when configured, shared by every replica; else in this process).
+    response_home_ttl: Seconds = 86400.0
+    # LoRA: how long loading an adapter on a worker at run time may take (runtime_lora).
+    lora_load_timeout: Seconds = 120.0
     # A worker's answer larger than this (non-streaming), or one stream event larger than
     # `max_event_bytes`, is refused as a broken protocol (502 upstream_error).
     max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from starlette.types import Message, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import Dialect, GatewayError
 from gateway.record import RequestRecord
 from gateway.relay.disconnect import ClientGone, DisconnectWatch
 from gateway.server.protocol import CLIENT_EXTENSION
@@ -66,12 +66,12 @@ class ClientWriter:
             self._watch.finished = True
         await self._emit({"type": "http.response.body", "body": body, "more_body": not final})
 
-    async def error(self, exc: GatewayError) -> None:
+    async def error(self, exc: GatewayError, dialect: Dialect = "openai") -> None:
         """The error as the whole answer: its status, headers and envelope."""
-        body = exc.body()
+        status, body = exc.answer(dialect)
         headers = [(b"content-type", b"application/json")]
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-        await self.start(exc.status, headers, len(body))
+        await self.start(status, headers, len(body))
         await self.body(body, final=True)
 
     async def _emit(self, message: Message) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import (
+    Dialect,
     GatewayError,
     ShuttingDown,
     UpstreamFailed,
@@ -30,7 +32,7 @@ from gateway.relay.disconnect import ClientGone, DisconnectWatch
 from gateway.relay.lease import WorkerLease
 from gateway.relay.sse import SSEFramer, leading_error
 from gateway.relay.upstream import Upstream, UpstreamRequest, UpstreamResponse
-from gateway.relay.usage import UsageTap, usage_of_answer
+from gateway.relay.usage import NamedUsageTap, UsageTap, usage_of_answer
 from gateway.server.drain import Drain
 
 log = logging.getLogger("gateway.relay")
@@ -74,7 +76,15 @@ class Outbound:
     body: bytes
     stream: bool
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # to the client
-    tap: UsageTap | None = None  # streams: finds (and maybe strips) vLLM's usage chunk
+    tap: UsageTap | NamedUsageTap | None = None  # streams: finds vLLM's usage report
+    method: str = "POST"
+    content_type: str = "application/json"
+    dialect: Dialect = "openai"  # the envelope of the gateway's own errors
+    named: bool = False  # a stream of named events (Responses, Anthropic): no [DONE]
+    usage: bool = True  # read `usage` from the answer (else it is relayed unread: e.g. text)
+    # Responses API: called with the id of the response the worker made (before the client
+    # sees it), so later requests about it find this worker.
+    remember: Callable[[str], Awaitable[None]] | None = None
 
 
 class Relay:
@@ -136,9 +146,9 @@ class Relay:
         try:
             async with asyncio.timeout(1.0):
                 if client.started:
-                    await client.body(error.sse_event(), final=True)
+                    await client.body(self._stream_error(error), final=True)
                 else:
-                    await client.error(error)
+                    await client.error(error, self._out.dialect)
         except (TimeoutError, ClientGone):
             pass
 
@@ -182,8 +192,14 @@ class Relay:
     async def _open(self) -> UpstreamResponse:
         worker = self._lease.worker
         assert worker is not None
+        out = self._out
         request = UpstreamRequest(
-            self._out.path, self._out.body, self._record.request_id, self._record.trace_headers
+            out.path,
+            out.body,
+            self._record.request_id,
+            self._record.trace_headers,
+            out.method,
+            out.content_type,
         )
         return await self._upstream.open_retrying(worker, self._lease.switch, request)
 
@@ -205,7 +221,10 @@ class Relay:
             self._record.timing.upstream = time.perf_counter() - sent_at
         if response.status != 200:
             raise upstream_error_from_body(response.status, body)
-        self._record.usage = usage_of_answer(body)  # UpstreamInvalid: not a JSON object
+        if self._out.usage:
+            self._record.usage = usage_of_answer(body)  # UpstreamInvalid: not a JSON object
+        if self._out.remember is not None:
+            await _remember_id(self._out.remember, body)
         await self._writer.start(
             200, [(b"content-type", response.content_type.encode())], len(body)
         )
@@ -216,11 +235,13 @@ class Relay:
         loop = asyncio.get_running_loop()
         total_deadline = loop.time() + self._bounds.total
         first_deadline = min(loop.time() + self._bounds.first_byte, total_deadline)
-        framer = SSEFramer(self._bounds.max_event_bytes)
+        framer = SSEFramer(self._bounds.max_event_bytes, ends_at_eof=self._out.named)
         committed = False
         try:
             async with MovingDeadline(first_deadline) as deadline:
                 response, events = await self._first_events(framer)
+                if self._out.remember is not None:
+                    await _remember_id(self._out.remember, events)
                 await self._writer.start(200, _SSE_HEADERS, None)
                 committed = True
                 await self._event(events)
@@ -305,8 +326,11 @@ class Relay:
             self._worker_name,
         )
         self._note(failure)
-        await self._writer.body(failure.sse_event(), final=True)
+        await self._writer.body(self._stream_error(failure), final=True)
         return failure.worker_fault
+
+    def _stream_error(self, error: GatewayError) -> bytes:
+        return error.stream_event(self._out.dialect, named=self._out.named)
 
     async def _event(self, events: bytes) -> None:
         """Send events to the client, noting when (for time to first token and token gaps)."""
@@ -326,7 +350,7 @@ class Relay:
 
     async def _send_error(self, exc: GatewayError) -> None:
         self._note(exc)
-        await self._writer.error(exc)
+        await self._writer.error(exc, self._out.dialect)
 
 
 def _status_of(error_json: bytes) -> int:
@@ -336,3 +360,18 @@ def _status_of(error_json: bytes) -> int:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return 500
     return code if isinstance(code, int) and 400 <= code <= 599 else 500
+
+
+async def _remember_id(remember: Callable[[str], Awaitable[None]], answer: bytes) -> None:
+    """The Responses API's `id` (an answer) or `response.id` (a stream's first event)."""
+    start = answer.find(b"{")
+    end = answer.find(b"\n\n")
+    try:
+        doc = orjson.loads(answer[start : end if end > start else len(answer)])
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(doc, dict) and isinstance(doc.get("response"), dict):
+        doc = doc["response"]
+    response_id = doc.get("id") if isinstance(doc, dict) else None
+    if isinstance(response_id, str) and response_id:
+        await remember(response_id)

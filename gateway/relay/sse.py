@@ -19,10 +19,12 @@ _EVENT_STARTS = (b"data: {", b"data: [", b"data:{", b"data:[", b"event:", b"id:"
 class SSEFramer:
     __slots__ = ("_max_event", "_tail", "done")
 
-    def __init__(self, max_event: int = 1 << 20) -> None:
+    def __init__(self, max_event: int = 1 << 20, *, ends_at_eof: bool = False) -> None:
         self._tail = b""
         self._max_event = max_event
-        self.done = False
+        # Streams of named events (Responses, Anthropic) have no `[DONE]`: the worker ending
+        # the body cleanly ends them (a cut shows as a broken chunked body instead).
+        self.done = ends_at_eof
 
     def feed(self, chunk: bytes) -> bytes:
         """Return the complete events that `chunk` finishes (maybe b""), keep the rest.

@@ -23,6 +23,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     upstream_error_from_body,
 )
+from gateway.request import RESPONSES_PREFIX
 from gateway.routing.registry import Worker
 
 # The worker to try next after a retryable failure of the given one; None: there is none.
@@ -38,6 +39,8 @@ class UpstreamRequest:
     body: bytes
     request_id: str
     headers: Sequence[tuple[str, str]] = ()
+    method: str = "POST"
+    content_type: str = "application/json"  # multipart uploads keep the client's (boundary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,20 +145,23 @@ class Upstream:
         key = (worker.url, path)
         url = self._urls.get(key)
         if url is None:
-            url = self._urls[key] = URL(worker.url + path, encoded=True)
+            url = URL(worker.url + path, encoded=True)
+            if not path.startswith(RESPONSES_PREFIX):  # the table's paths, not every id's
+                self._urls[key] = url
         return url
 
     async def open(self, worker: Worker, request: UpstreamRequest) -> UpstreamResponse:
         """Send `request` to the worker and return once its status and headers have arrived.
         A worker's 503 (it turned the request away) is raised, so another may take it."""
         headers = [
-            ("Content-Type", "application/json"),
+            ("Content-Type", request.content_type),
             ("Accept-Encoding", "identity"),
             ("X-Request-Id", request.request_id),
             *request.headers,
         ]
         try:
-            response = await self._open_session().post(
+            response = await self._open_session().request(
+                request.method,
                 self._url(worker, request.path),
                 data=request.body,
                 headers=headers,

@@ -17,10 +17,16 @@ _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 
 
 def usage_from(report: object) -> Usage | None:
+    """OpenAI's `prompt_tokens`/`completion_tokens`, or the Responses and Anthropic APIs'
+    `input_tokens`/`output_tokens`; an embeddings report has the prompt only."""
     if not isinstance(report, dict):
         return None
     prompt = report.get("prompt_tokens")
     completion = report.get("completion_tokens")
+    if prompt is None:
+        prompt, completion = report.get("input_tokens"), report.get("output_tokens")
+    if completion is None and isinstance(prompt, int):
+        completion = 0
     if isinstance(prompt, int) and isinstance(completion, int) and min(prompt, completion) >= 0:
         return Usage(prompt, completion)
     return None
@@ -66,3 +72,51 @@ class UsageTap:
             return False
         self.usage = usage_from(doc["usage"])
         return True
+
+
+class NamedUsageTap:
+    """Usage in streams of named events, relayed unchanged: the Responses API reports it on
+    `response.completed` (under `response`), Anthropic's on `message_start` (under `message`,
+    the input) and `message_delta` (the output so far)."""
+
+    __slots__ = ("_completion", "_prompt")
+
+    def __init__(self) -> None:
+        self._prompt: int | None = None
+        self._completion = 0
+
+    @property
+    def usage(self) -> Usage | None:
+        return Usage(self._prompt, self._completion) if self._prompt is not None else None
+
+    def feed(self, events: bytes) -> bytes:
+        if _USAGE not in events:
+            return events
+        for event in events.split(b"\n\n"):
+            if _USAGE in event:
+                self._read(event)
+        return events
+
+    def _read(self, event: bytes) -> None:
+        start = event.find(b"data:")
+        if start < 0:
+            return
+        try:
+            doc = orjson.loads(event[start + 5 :])
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(doc, dict):
+            return
+        for holder in (doc, doc.get("response"), doc.get("message")):
+            if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+                self._take(holder["usage"])
+
+    def _take(self, report: dict[str, object]) -> None:
+        prompt = report.get("input_tokens", report.get("prompt_tokens"))
+        completion = report.get("output_tokens", report.get("completion_tokens"))
+        if isinstance(prompt, int) and prompt >= 0:
+            self._prompt = max(prompt, self._prompt or 0)
+        if isinstance(completion, int) and completion >= 0:
+            self._completion = max(completion, self._completion)
+            if self._prompt is None:
+                self._prompt = 0

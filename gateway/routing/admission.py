@@ -71,6 +71,7 @@ class ModelQueue:
                 self.route,
                 self._loop.time(),
                 self._settings.stale_after,
+                prefer=_only(prefer),
                 exclude=exclude,
                 allow_saturated=True,
             )
@@ -249,3 +250,8 @@ class Dispatcher:
         queue = self._queues.get(route.name)
         if queue is not None and queue.size:
             queue.pump()
+
+
+def _only(prefer: Preference | None) -> Preference | None:
+    """What of a preference binds a retry: the workers it is restricted to."""
+    return Preference(only=prefer.only) if prefer is not None and prefer.only else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -142,10 +143,15 @@ class Health:
 
     async def _probe(self, worker: Worker) -> None:
         timeout = self.settings.timeout
-        health, metrics = await asyncio.gather(
+        route = self._registry.route(worker.model)
+        lora = route is not None and (bool(route.adapters) or route.runtime_lora)
+        health, metrics, models = await asyncio.gather(
             self._prober.fetch(worker.url + "/health", timeout),
             self._prober.fetch(worker.url + "/metrics", timeout),
+            self._prober.fetch(worker.url + "/v1/models", timeout) if lora else _nothing(),
         )
+        if models is not None:
+            worker.adapters = loaded_adapters(models)
         now = self._loop.time()
         if metrics is not None:
             self._read_metrics(worker, metrics.decode(errors="replace"), now)
@@ -199,3 +205,24 @@ class Health:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._ejections.aclose()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def loaded_adapters(models: bytes) -> frozenset[str] | None:
+    """The LoRA adapters in a worker's /v1/models: vLLM lists each with `parent` set to the
+    base model (None: not a model list)."""
+    try:
+        doc = json.loads(models)
+    except ValueError:
+        return None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        return None
+    return frozenset(
+        entry["id"]
+        for entry in data
+        if isinstance(entry, dict) and entry.get("parent") and isinstance(entry.get("id"), str)
+    )

@@ -37,6 +37,9 @@ class Preference:
     buckets: int = 1
     prefix: Sequence[int] | None = None  # the prompt's block hashes, for cache-aware routing
     tag: str | None = None  # the request's tag on the worker's KV-cache events (precise mode)
+    # Only these workers may serve it: the one holding a stored response, or those with the
+    # LoRA adapter it names loaded.
+    only: frozenset[Worker] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,8 @@ def choose(
     """
     cap = route.max_inflight_per_worker
     workers = route.workers
+    if prefer is not None and prefer.only is not None:
+        exclude = exclude | frozenset(w for w in workers if w not in prefer.only)
     if len(workers) == 1 and not exclude:  # the common case, kept cheap
         only = workers[0]
         if not only.takes_traffic(now):

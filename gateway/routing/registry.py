@@ -35,6 +35,8 @@ class Worker:
     scraped_at: float | None = None
     started: float | None = None  # its process start time, as its /metrics says
     draining: bool = False  # maintenance: no new requests, those in flight finish
+    # The LoRA adapters it has loaded, from its /v1/models (None: not known yet).
+    adapters: frozenset[str] | None = None
 
     def takes_traffic(self, now: float) -> bool:
         return self.up and not self.draining and now >= self.ejected_until
@@ -55,6 +57,9 @@ class ModelRoute:
     turn: int = field(default=0)
     # Cache-aware routing (models with more than one worker, when it is on).
     prefix: PrefixRouting | None = None
+    runner: str = "generate"  # what its workers run: generate or pooling
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapter name -> its path
+    runtime_lora: bool = False  # an adapter may be loaded on a worker at run time
 
     def worker(self, name: str) -> Worker | None:
         return next((w for w in self.workers if w.name == name), None)
@@ -93,10 +98,19 @@ class Registry:
         self._prefix = prefix
         self._share: Share | None = None
         self._routes: dict[str, ModelRoute] = {}
+        self._adapters: dict[str, ModelRoute] = {}  # adapter name -> its base model's route
         self.apply(config)
 
     def route(self, model: str) -> ModelRoute | None:
         return self._routes.get(model)
+
+    def resolve(self, name: str) -> tuple[ModelRoute, str | None] | None:
+        """The route serving `name` and, when `name` is a LoRA adapter, the adapter."""
+        route = self._routes.get(name)
+        if route is not None:
+            return route, None
+        route = self._adapters.get(name)
+        return (route, name) if route is not None else None
 
     def routes(self) -> list[ModelRoute]:
         return list(self._routes.values())
@@ -125,6 +139,7 @@ class Registry:
                 change.removed_models.append(name)
                 change.removed.extend(route.workers)
         self._routes = routes
+        self._adapters = {a: r for r in routes.values() for a in r.adapters}
         return change
 
     def _update(self, route: ModelRoute | None, model: ModelConfig, change: Change) -> ModelRoute:
@@ -151,6 +166,8 @@ class Registry:
         if route is None:
             route = ModelRoute(model.name, tuple(workers), cap)
         route.workers, route.max_inflight_per_worker = tuple(workers), cap
+        route.runner, route.runtime_lora = model.runner, model.runtime_lora
+        route.adapters = {adapter.name: adapter.path for adapter in model.adapters}
         self._cache_aware(route, [w.slot for w in leaving])
         return route
 

@@ -12,6 +12,9 @@ The request body's `"fake"` object scripts the answer, e.g.
   {"fake": {"pad": 200000}}                  a valid answer padded to at least that many bytes
   {"fake": {"junk_after": 1}}                after 1 chunk, binary garbage instead of events
   {"fake": {"big_event_after": 1, "pad": 9}} after 1 chunk, one event of `pad` bytes
+The other paths vLLM serves (embeddings, responses, messages, rerank, score, pooling,
+classify, tokenize, detokenize, audio, LoRA loading, /v1/models) answer as vLLM would
+(tests/fakes/fake_apis.py).
 GET /fake/stats reports requests seen, in progress, and aborted by the peer (the gateway).
 POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"delay": 0.5}                             every completion waits 0.5 s before answering
@@ -20,6 +23,7 @@ POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"prompt_tokens": 900}                     the prompt tokens its usage reports (default 3)
   {"health": 503}                            what /health answers
   {"status": 503}                            every completion answers this error
+  {"adapters": ["a"]}                        the LoRA adapters it has loaded (/v1/models)
   {"reset": true}                            zero the stats
 Run: python -m tests.fakes.fake_vllm --port P [--model NAME]
 """
@@ -34,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tests.fakes import fake_apis
+
 
 @dataclass
 class Stats:
@@ -43,6 +49,8 @@ class Stats:
     completed: int = 0
     last_headers: dict[str, str] | None = None
     last_body: dict[str, Any] | None = None
+    last_path: str | None = None
+    lora_loads: int = 0
 
 
 class PeerGone(Exception):
@@ -58,6 +66,7 @@ class Control:
     status: int | None = None
     cache_blocks: int = 1000  # vllm:cache_config_info num_gpu_blocks (block_size 16)
     prompt_tokens: int = 3  # what usage reports
+    adapters: list[str] | None = None  # LoRA adapters loaded, when set
 
 
 class FakeVLLM:
@@ -66,6 +75,7 @@ class FakeVLLM:
         self.stats = Stats()
         self.control = Control()
         self.started = time.time()
+        self.api = fake_apis.ApiState(model)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -92,14 +102,17 @@ class FakeVLLM:
         if method == "GET":
             await self._get(path, writer)
             return True
-        body = json.loads(raw)
+        body = _parse(raw, headers.get("content-type", ""))
         if path == "/fake/control":
             if body.pop("reset", False):
                 self.stats = Stats()
             for name, value in body.items():
                 setattr(self.control, name, value)
+            if self.control.adapters is not None:
+                self.api.adapters = list(self.control.adapters)
             await _respond(writer, 200, b"{}")
             return True
+        self.stats.last_path = path
         self.stats.requests += 1
         self.stats.active += 1
         self.stats.last_headers = headers
@@ -118,7 +131,12 @@ class FakeVLLM:
         if path == "/health":
             await _respond(writer, self.control.health, b"")
         elif path == "/fake/stats":
+            self.stats.lora_loads = self.api.lora_loads
             await _respond(writer, 200, json.dumps(self.stats.__dict__).encode())
+        elif path == "/v1/models":
+            await _respond(writer, 200, _dumps(fake_apis.models(self.api)).encode())
+        elif (found := fake_apis.by_id(self.api, "GET", path)) is not None:
+            await _respond(writer, found[0], _dumps(found[1]).encode())
         elif path == "/metrics":
             labels = f'{{model_name="{self.model}",engine="0"}}'
             text = (
@@ -155,6 +173,8 @@ class FakeVLLM:
             }
             await _respond(writer, status, _dumps(err).encode())
             return
+        if await self._other_api(path, body, reader, writer):
+            return
         chat = path.endswith("/chat/completions")
         if not body.get("stream"):
             await _wait_or_peer_gone(reader, script.get("stall_first", 0))
@@ -173,6 +193,54 @@ class FakeVLLM:
         await writer.drain()
         await _wait_or_peer_gone(reader, script.get("stall_first", 0))
         await self._stream(script, chat, body, reader, writer)
+
+    async def _other_api(
+        self,
+        path: str,
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """The paths beyond the completions; False: not one of them."""
+        api = self.api
+        api.prompt_tokens = self.control.prompt_tokens
+        script = body.get("fake", {})
+        if path in {"/v1/responses", "/v1/messages"} and body.get("stream"):
+            await _stream_head(writer)
+            await _wait_or_peer_gone(reader, script.get("stall_first", 0))
+            count = script.get("chunks", 3)
+            for index, event in enumerate(fake_apis.named_events(api, path, body, count)):
+                if index == script.get("cut_after"):
+                    writer.transport.abort()
+                    raise PeerGone
+                await _chunk(writer, event)
+                if script.get("gap"):
+                    await _wait_or_peer_gone(reader, script["gap"])
+            await _chunk(writer, b"")
+            return True
+        if path.startswith("/v1/audio/"):
+            await _wait_or_peer_gone(reader, script.get("stall_first", 0))
+            text = {"text": "fake transcription"}
+            if not body.get("stream"):
+                await _respond(writer, 200, _dumps(text).encode())
+                return True
+            await _stream_head(writer)
+            for index in range(3):
+                delta = {
+                    "object": "transcription.chunk",
+                    "choices": [{"delta": {"content": index}}],
+                }
+                await _chunk(writer, b"data: " + _dumps(delta).encode() + b"\n\n")
+                await _wait_or_peer_gone(reader, script.get("gap", 0))
+            await _chunk(writer, b"data: [DONE]\n\n")
+            await _chunk(writer, b"")
+            return True
+        found = fake_apis.answer(api, path, body) or fake_apis.by_id(api, "POST", path)
+        if found is None:
+            return False
+        await _wait_or_peer_gone(reader, script.get("stall_first", 0))
+        await _respond(writer, found[0], _dumps(found[1]).encode())
+        return True
 
     async def _stream(
         self,
@@ -231,6 +299,26 @@ class FakeVLLM:
             await _chunk(writer, b"data: " + _dumps(usage).encode() + b"\n\n")
         await _chunk(writer, b"data: [DONE]\n\n")
         await _chunk(writer, b"")
+
+
+def _parse(raw: bytes, content_type: str) -> dict[str, Any]:
+    if content_type.startswith("multipart/form-data"):
+        stream = fake_apis.form_field(raw, "stream") == "true"
+        gap = float(fake_apis.form_field(raw, "fake_gap") or 0)
+        model = fake_apis.form_field(raw, "model")
+        return {"multipart": True, "model": model, "stream": stream, "fake": {"gap": gap}}
+    if not raw:
+        return {}
+    body: dict[str, Any] = json.loads(raw)
+    return body
+
+
+async def _stream_head(writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+    )
+    await writer.drain()
 
 
 def _dumps(doc: object) -> str:

@@ -1,0 +1,312 @@
+"""The one pipeline behind every model-addressed endpoint of the table in gateway/request.py:
+authenticate, read and check what the gateway needs of the body, find the model's workers,
+limit, queue, relay, settle. The table's row says what differs; the code here never names a
+path. The outer middleware calls it with the request's record: no FastAPI request parsing or
+dependency solving per request (the completion routes are the hot path)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.api.auth import authenticate
+from gateway.api.body import read_body
+from gateway.api.multipart import boundary_of, form_fields, form_model, form_stream
+from gateway.api.validation import parse_request
+from gateway.config.keys import Principal
+from gateway.config.settings import Settings
+from gateway.errors import (
+    AdapterNotLoaded,
+    GatewayError,
+    InvalidValue,
+    ModelNotFound,
+    ResponseNotFound,
+    ResponseWorkerGone,
+    UnknownRoute,
+    UnsupportedEndpoint,
+)
+from gateway.limits.limiter import Reservation
+from gateway.limits.reserve import reserve_tokens
+from gateway.record import RequestRecord
+from gateway.relay.amend import body_asking_usage, body_tagged
+from gateway.relay.lease import WorkerLease
+from gateway.relay.relay import Outbound, Relay
+from gateway.relay.usage import NamedUsageTap, UsageTap
+from gateway.request import Endpoint, RequestView, response_path
+from gateway.routing.admission import ModelQueue
+from gateway.routing.cache_aware import PrefixRouting
+from gateway.routing.policy import Preference
+from gateway.routing.registry import ModelRoute, Worker
+from gateway.routing.response_homes import Home
+from gateway.state import AppState
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request may go: its model's queue, maybe only some of its workers, and a LoRA
+    adapter to load first on the one worker it will use."""
+
+    queue: ModelQueue
+    only: frozenset[Worker] | None = None
+    load: tuple[Worker, str, str] | None = None  # (worker, adapter name, adapter path)
+
+
+class EndpointRoute:
+    """The handler of one row of the endpoint table."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.spec = endpoint.spec
+        self.methods = self.spec.methods
+
+    async def __call__(
+        self, record: RequestRecord, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        state: AppState = scope["app"].state.gateway
+        dialect = self.spec.dialect
+        try:
+            principal = authenticate(scope["headers"], state.keys, x_api_key=dialect == "anthropic")
+            record.key = principal.name
+            view, home = await self._view(state, scope, receive)
+            record.view = view
+            target = _target(state, principal, view, home)
+            if target.load is not None:
+                await state.adapters.ensure(*target.load, record.request_id)
+            reservation = await _admit(state, principal, view)
+        except GatewayError as exc:
+            record.error_code = exc.code
+            await exc.to_response(dialect=dialect)(scope, receive, send)
+            return
+        record.model = view.model  # a configured name (model or adapter): a bounded label
+        prefix = target.queue.route.prefix if self.spec.cache_aware else None
+        prefer = _preference(state.settings, scope, view, prefix, target.only)
+        if prefer is not None and prefer.prefix is not None:
+            record.prompt_blocks = len(prefer.prefix)
+        lease = WorkerLease(target.queue, state.health, record, key=principal.name, prefer=prefer)
+        outbound = _outbound(state, scope, record, view, reservation, prefer)
+        try:
+            await Relay(state.relaying, lease, record, outbound)(scope, receive, send)
+        finally:
+            if reservation is not None:
+                await state.limiter.settle(reservation, record.tokens_used())
+            if prefix is not None and record.usage is not None:
+                prefix.learn(record.prompt_blocks, record.usage.prompt)
+
+    async def _view(
+        self, state: AppState, scope: Scope, receive: Receive
+    ) -> tuple[RequestView, Home | None]:
+        """The request's view, and the worker holding the stored response it is about."""
+        kind = self.spec.body
+        if kind == "response_id":
+            return await self._by_id(state, scope, receive)
+        body = await read_body(scope, receive, state.settings.max_body_bytes)
+        if kind == "form":
+            return _form_view(self.endpoint, scope, body), None
+        view = parse_request(self.endpoint, body)
+        if view.response_id is None:
+            return view, None
+        home = await state.homes.find(view.response_id)
+        if home is None:
+            raise ResponseNotFound(
+                f"Previous response with id '{view.response_id}' not found: the gateway has "
+                "no record of it (never stored, or expired).",
+                param="previous_response_id",
+            )
+        return view, home
+
+    async def _by_id(
+        self, state: AppState, scope: Scope, receive: Receive
+    ) -> tuple[RequestView, Home]:
+        found = response_path(scope["path"])
+        if found is None:
+            raise UnknownRoute(f"Invalid URL ({scope['method']} {scope['path']})")
+        response_id = found[1]
+        home = await state.homes.find(response_id)
+        if home is None:
+            raise ResponseNotFound(
+                f"Response with id '{response_id}' not found: the gateway has no record of it "
+                "(never stored, or expired)."
+            )
+        body = b""
+        if scope["method"] == "POST":
+            body = await read_body(scope, receive, state.settings.max_body_bytes)
+        view = RequestView(self.endpoint, home[0], False, body, {}, None, 1, False, response_id)
+        return view, home
+
+
+def _form_view(endpoint: Endpoint, scope: Scope, body: bytes) -> RequestView:
+    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+    fields = form_fields(body, boundary_of(content_type))
+    model, stream = form_model(fields), form_stream(fields)
+    return RequestView(endpoint, model, stream, body, dict(fields), None, 1, False)
+
+
+def _target(state: AppState, principal: Principal, view: RequestView, home: Home | None) -> Target:
+    resolved = state.registry.resolve(view.model)
+    if resolved is None or not principal.may_use(view.model):
+        raise ModelNotFound(view.model)
+    route, adapter = resolved
+    runner = view.endpoint.spec.runner
+    if runner not in {"any", route.runner}:
+        raise UnsupportedEndpoint(
+            f"The model `{view.model}` is served by `{route.runner}` workers, which do not "
+            f"serve {view.endpoint.path} (it needs a `{runner}` model).",
+            param="model",
+        )
+    queue = state.dispatcher.queue(route.name)
+    now = asyncio.get_running_loop().time()
+    if home is not None:
+        return Target(queue, _home_worker(state, route, home, now, view))
+    if adapter is not None:
+        return _adapter_target(queue, route, adapter, now)
+    return Target(queue)
+
+
+def _home_worker(
+    state: AppState, route: ModelRoute, home: Home, now: float, view: RequestView
+) -> frozenset[Worker]:
+    """The worker holding the stored response, which alone can answer about it."""
+    home_route = state.registry.resolve(home[0])
+    if home_route is None or home_route[0] is not route:
+        raise InvalidValue(
+            f"Response '{view.response_id}' was made by model `{home[0]}`, not `{view.model}`.",
+            param="previous_response_id",
+        )
+    worker = route.worker(home[1])
+    if worker is None or not worker.takes_traffic(now):
+        raise ResponseWorkerGone(
+            f"The worker holding response '{view.response_id}' ({home[1]}) is gone or down; "
+            "no other worker has it."
+        )
+    return frozenset({worker})
+
+
+def _adapter_target(queue: ModelQueue, route: ModelRoute, adapter: str, now: float) -> Target:
+    """Workers with the adapter loaded (or not known yet); else one to load it on at run time
+    (when the model allows it)."""
+    having = frozenset(w for w in route.workers if w.adapters is None or adapter in w.adapters)
+    if any(w.takes_traffic(now) for w in having):
+        return Target(queue, having)
+    live = [w for w in route.workers if w.takes_traffic(now)]
+    if route.runtime_lora and live:
+        worker = min(live, key=lambda w: w.inflight)
+        return Target(queue, frozenset({worker}), (worker, adapter, route.adapters[adapter]))
+    if having:
+        return Target(queue, having)  # all down: the queue says no_healthy_backend
+    raise AdapterNotLoaded(
+        f"No worker of model `{route.name}` has the LoRA adapter `{adapter}` loaded, and "
+        "loading adapters at run time is off for it (runtime_lora)."
+    )
+
+
+def _preference(
+    settings: Settings,
+    scope: Scope,
+    view: RequestView,
+    prefix: PrefixRouting | None,
+    only: frozenset[Worker] | None,
+) -> Preference | None:
+    """Session affinity (x-session-id, else the body's `user`), the prompt's blocks for
+    cache-aware routing, prompt-size steering, and the workers the request is bound to."""
+    session = None
+    if settings.session_affinity:
+        for name, value in scope["headers"]:
+            if name == b"x-session-id":
+                session = value.decode("latin-1")
+                break
+        else:
+            user = view.doc.get("user")
+            session = user if isinstance(user, str) and user else None
+    bucket = None
+    boundaries = settings.length_buckets_bytes
+    if settings.length_steering:
+        size = len(view.body)
+        bucket = sum(1 for boundary in boundaries if size >= boundary)
+    hashes = prefix.hashes(view) if prefix is not None else None
+    if session is None and bucket is None and not hashes and only is None:
+        return None
+    tag = _tag(view) if prefix is not None and prefix.exact is not None and hashes else None
+    return Preference(session, bucket, len(boundaries) + 1, hashes, tag, only)
+
+
+def _tag(view: RequestView) -> str:
+    """What marks the request on the worker's KV-cache events: vLLM's `session_id` (the
+    client's own when it set one)."""
+    client = view.doc.get("session_id")
+    return client if isinstance(client, str) and client else "gw-" + os.urandom(8).hex()
+
+
+async def _admit(state: AppState, principal: Principal, view: RequestView) -> Reservation | None:
+    if not principal.limited:
+        return None
+    usage = view.endpoint.spec.usage
+    if usage == "none":  # no token limit here: requests per minute and concurrency only
+        if principal.tpm is not None:
+            principal = dataclasses.replace(principal, tpm=None)
+        return await state.limiter.admit(principal, 0)
+    if usage == "prompt":
+        reserve = len(view.body) // 4 + 1
+    else:
+        reserve = reserve_tokens(view, state.settings.default_reserved_completion_tokens)
+    return await state.limiter.admit(principal, reserve)
+
+
+def _outbound(  # noqa: PLR0917 (the one call site names them)
+    state: AppState,
+    scope: Scope,
+    record: RequestRecord,
+    view: RequestView,
+    reservation: Reservation | None,
+    prefer: Preference | None,
+) -> Outbound:
+    spec = view.endpoint.spec
+    headers = reservation.headers if reservation is not None else []
+    tap: UsageTap | NamedUsageTap | None = None
+    body = view.body
+    if view.stream:
+        if spec.stream == "named":
+            tap = NamedUsageTap()
+        elif spec.usage != "none":  # ask vLLM for the usage chunk; strip it if not asked
+            tap = UsageTap(strip=not view.include_usage)
+            body = body_asking_usage(view)
+    if prefer is not None and prefer.tag is not None:
+        body = body_tagged(body, view, prefer.tag)
+    out = Outbound(
+        view.endpoint.path,
+        body,
+        view.stream,
+        headers,
+        tap,
+        dialect=spec.dialect,
+        named=spec.stream == "named",
+        usage=spec.usage != "none",
+    )
+    if spec.body != "json":
+        _special(out, scope, view)
+    if view.endpoint is Endpoint.RESPONSES and view.doc.get("store") is not False:
+        model = view.model
+
+        async def remember(response_id: str) -> None:
+            await state.homes.remember(response_id, model, record.worker or "")
+
+        out.remember = remember
+    return out
+
+
+def _special(out: Outbound, scope: Scope, view: RequestView) -> None:
+    """Multipart uploads keep their content type; requests about a stored response go to its
+    own path, with the client's method."""
+    out.usage = False
+    if view.endpoint.spec.body == "form":
+        content_type = next(v for k, v in scope["headers"] if k == b"content-type")
+        out.content_type = content_type.decode("latin-1")
+    else:
+        out.path, out.method = scope["path"], scope["method"]
+
+
+def endpoint_routes() -> dict[str, EndpointRoute]:
+    """Path -> handler, dispatched ahead of FastAPI by middleware.RequestContext."""
+    return {endpoint.path: EndpointRoute(endpoint) for endpoint in Endpoint}
