@@ -78,11 +78,15 @@ class RealStack:
         return self.worker_urls(model)[0]
 
     def engine_metric(self, model: str, name: str) -> float:
-        """One of vLLM's own unlabelled-by-reason series, e.g. vllm:num_requests_running."""
-        text = httpx.get(self.engine_url(model) + "/metrics", timeout=5).text
-        found = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-        assert found, f"{name} missing from the engine's /metrics"
-        return float(found.group(1))
+        """One of vLLM's own unlabelled-by-reason series, e.g. vllm:num_requests_running,
+        summed over the model's workers."""
+        total = 0.0
+        for url in self.worker_urls(model):
+            text = httpx.get(url + "/metrics", timeout=5).text
+            found = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
+            assert found, f"{name} missing from the engine's /metrics"
+            total += float(found.group(1))
+        return total
 
     def running(self, model: str) -> float:
         """vLLM's count of requests in its running batch (updated as streamed output flows)."""
