@@ -1,4 +1,5 @@
-"""Tokenize and detokenize through the gateway, routed by `model` to a real engine."""
+"""Tokenize and detokenize, score, rerank and pooling through the gateway, routed by `model` to
+real engines (score and rerank: cosine similarity on the embedding stand-in)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_the_embedding_model_tokenizes_with_its_own_vocabulary(real: RealStack) 
     assert answer.json()["tokens"] != chat.json()["tokens"]
 
 
-def test_score_and_rerank_reach_the_embedding_model(real: RealStack) -> None:
+def test_score_rerank_and_pooling_reach_the_embedding_model(real: RealStack) -> None:
     model = real.embedding_model
     score = post(real, "/v1/score", {"model": model, "text_1": "a", "text_2": ["a", "b"]})
     assert score.status_code == 200, score.text
@@ -52,3 +53,6 @@ def test_score_and_rerank_reach_the_embedding_model(real: RealStack) -> None:
     rerank = post(real, "/v1/rerank", {"model": model, "query": "a", "documents": ["b", "a"]})
     assert rerank.status_code == 200, rerank.text
     assert rerank.json()["results"][0]["index"] == 1
+    pooled = post(real, "/pooling", {"model": model, "input": "a"})
+    assert pooled.status_code == 200, pooled.text
+    assert len(pooled.json()["data"][0]["data"]) == 128
