@@ -39,6 +39,7 @@ class RealStack:
     tpm_key: str  # tokens-per-minute limited (TPM_LIMIT)
     second_gateway: str  # another replica, sharing the first one's Redis
     second_proc: Proc
+    embed_tpm_key: str  # tokens-per-minute limited (TPM_LIMIT), for embeddings only
 
     @property
     def model_names(self) -> list[str]:
@@ -142,11 +143,12 @@ def real(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDBs) -> Itera
         _warm_up(gateway_config)
         text = yaml.safe_dump(gateway_config.model_dump(mode="json", exclude_none=True))
         tmp = tmp_path_factory.mktemp("real")
-        key, tpm_key = new_key(), new_key()
+        key, tpm_key, embed_tpm_key = new_key(), new_key(), new_key()
         (tmp / "keys.yaml").write_text(
             "keys:\n"
             f"  - {{name: e2e, sha256: {hash_key(key)}}}\n"
             f"  - {{name: e2e-tpm, sha256: {hash_key(tpm_key)}, tpm: {TPM_LIMIT}}}\n"
+            f"  - {{name: e2e-embed-tpm, sha256: {hash_key(embed_tpm_key)}, tpm: {TPM_LIMIT}}}\n"
         )
         env = {
             "GATEWAY_AUTH_ENABLED": "true",
@@ -161,7 +163,15 @@ def real(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDBs) -> Itera
             raise
         try:
             yield RealStack(
-                url, gateway_config, engines, proc, key, tpm_key, second_url, second_proc
+                url,
+                gateway_config,
+                engines,
+                proc,
+                key,
+                tpm_key,
+                second_url,
+                second_proc,
+                embed_tpm_key,
             )
         finally:
             second_proc.stop()

@@ -3,7 +3,9 @@ LangChain's OpenAIEmbeddings through the gateway, and what the engine itself ser
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 
 import httpx
 import openai
@@ -99,3 +101,32 @@ def test_embedding_model_refuses_chat(real: RealStack) -> None:
             model=real.embedding_model, messages=[{"role": "user", "content": "Hi"}]
         )
     assert 400 <= caught.value.status_code < 500
+
+
+def booked(real: RealStack, key_name: str) -> float:
+    text = httpx.get(real.gateway + "/metrics", timeout=10).text
+    found = re.search(rf'^gateway_key_tokens_total\{{key="{key_name}"\}} ([0-9.e+]+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_tpm_counts_the_prompt_tokens_vllm_embedded(real: RealStack) -> None:
+    """A tpm-limited key (conftest.TPM_LIMIT): refusals are 429s, and the tokens booked for the
+    key are the prompt tokens vLLM reported for the admitted requests (no completion here)."""
+    before = await asyncio.to_thread(booked, real, "e2e-embed-tpm")
+    headers = {"authorization": f"Bearer {real.embed_tpm_key}"}
+    inputs = [" ".join(f"word{i}x{j}" for j in range(60)) for i in range(24)]
+    async with httpx.AsyncClient(base_url=real.gateway, timeout=120, headers=headers) as http:
+        answers = await asyncio.gather(
+            *(http.post("/v1/embeddings", json={"model": real.embedding_model, "input": text})
+              for text in inputs)
+        )  # fmt: skip
+    admitted = [a.json() for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert admitted
+    assert refused
+    assert all(a.status_code == 429 for a in refused)
+    assert all(a.json()["error"]["code"] == "rate_limit_exceeded" for a in refused)
+    # Reserved from the body's size at admission, then reconciled with vLLM's usage.
+    used = sum(answer["usage"]["prompt_tokens"] for answer in admitted)
+    await asyncio.sleep(1.0)  # the last settlements
+    assert await asyncio.to_thread(booked, real, "e2e-embed-tpm") - before == used
