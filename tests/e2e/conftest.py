@@ -154,6 +154,9 @@ def real(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDBs) -> Itera
             "GATEWAY_AUTH_ENABLED": "true",
             "GATEWAY_KEYS_FILE": str(tmp / "keys.yaml"),
             "GATEWAY_REDIS_URL": redis_url,
+            # Engines sharing two busy cores may take over a second to answer /health (the
+            # default timeout), which would mark them down for a moment.
+            "GATEWAY_HEALTH_TIMEOUT": "5",
         }
         proc, url = start_gateway(tmp, text, env)
         try:
