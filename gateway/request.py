@@ -28,6 +28,9 @@ Runner = Literal["generate", "pooling", "any"]
 Dialect = Literal["openai", "anthropic"]
 
 
+_BY_ID = frozenset({"GET"})
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
     operation: str  # the OpenTelemetry GenAI operation name
@@ -44,76 +47,62 @@ class EndpointSpec:
     cache_aware: bool = False  # prompt-prefix routing and KV-event tagging apply
 
 
+_CHAT = EndpointSpec("chat", stream="data", usage="tokens", cache_aware=True)
+_COMPLETIONS = EndpointSpec(
+    "text_completion", stream="data", usage="tokens", default_cap=16, cache_aware=True
+)
+_RESPONSES = EndpointSpec("chat", stream="named", usage="tokens", cap_param="max_output_tokens")
+_MESSAGES = EndpointSpec("chat", stream="named", usage="tokens", dialect="anthropic")
+_RERANK = EndpointSpec("rerank", runner="pooling")
+_AUDIO = EndpointSpec("generate_content", body="form", stream="data", runner="any")
+
+
 class Endpoint(enum.Enum):
     """The model-addressed endpoints the gateway relays to workers (value: the path; paths
-    with `{id}` are matched by prefix)."""
+    with `{id}` are matched by prefix), each with its row of the table (`spec`, a plain
+    attribute: the hot path reads it per request)."""
 
-    CHAT = "/v1/chat/completions"
-    COMPLETIONS = "/v1/completions"
-    EMBEDDINGS = "/v1/embeddings"
-    RESPONSES = "/v1/responses"
-    RESPONSE = "/v1/responses/{id}"
-    RESPONSE_CANCEL = "/v1/responses/{id}/cancel"
-    MESSAGES = "/v1/messages"
-    COUNT_TOKENS = "/v1/messages/count_tokens"
-    RERANK = "/v1/rerank"
-    RERANK_BARE = "/rerank"
-    SCORE = "/v1/score"
-    POOLING = "/pooling"
-    CLASSIFY = "/classify"
-    TOKENIZE = "/tokenize"
-    DETOKENIZE = "/detokenize"
-    TRANSCRIPTIONS = "/v1/audio/transcriptions"
-    TRANSLATIONS = "/v1/audio/translations"
+    path: str
+    spec: EndpointSpec
 
-    @property
-    def path(self) -> str:
-        return self.value
+    def __new__(cls, path: str, spec: EndpointSpec) -> Endpoint:
+        member = object.__new__(cls)
+        member._value_ = member.path = path
+        member.spec = spec
+        return member
 
-    @property
-    def spec(self) -> EndpointSpec:
-        return SPECS[self]
+    CHAT = ("/v1/chat/completions", _CHAT)
+    COMPLETIONS = ("/v1/completions", _COMPLETIONS)
+    EMBEDDINGS = ("/v1/embeddings", EndpointSpec("embeddings", usage="prompt", runner="pooling"))
+    RESPONSES = ("/v1/responses", _RESPONSES)
+    RESPONSE = ("/v1/responses/{id}", EndpointSpec("chat", body="response_id", methods=_BY_ID))
+    RESPONSE_CANCEL = ("/v1/responses/{id}/cancel", EndpointSpec("chat", body="response_id"))
+    MESSAGES = ("/v1/messages", _MESSAGES)
+    COUNT_TOKENS = (
+        "/v1/messages/count_tokens",
+        EndpointSpec("count_tokens", dialect="anthropic"),
+    )
+    RERANK = ("/v1/rerank", _RERANK)
+    RERANK_BARE = ("/rerank", _RERANK)
+    SCORE = ("/v1/score", EndpointSpec("score", runner="pooling"))
+    POOLING = ("/pooling", EndpointSpec("pooling", runner="pooling"))
+    CLASSIFY = ("/classify", EndpointSpec("classify", runner="pooling"))
+    TOKENIZE = ("/tokenize", EndpointSpec("tokenize", runner="any"))
+    DETOKENIZE = ("/detokenize", EndpointSpec("detokenize", runner="any"))
+    TRANSCRIPTIONS = ("/v1/audio/transcriptions", _AUDIO)
+    TRANSLATIONS = ("/v1/audio/translations", _AUDIO)
 
     @property
     def operation(self) -> str:
         """The OpenTelemetry GenAI operation name of a request to this endpoint."""
-        return SPECS[self].operation
+        return self.spec.operation
 
     @property
     def default_max_tokens(self) -> int | None:
         """Completion tokens the worker generates when the request sets no cap (None: the
         gateway's setting decides what to reserve)."""
-        return SPECS[self].default_cap
+        return self.spec.default_cap
 
-
-_CHAT = EndpointSpec("chat", stream="data", usage="tokens", cache_aware=True)
-_RERANK = EndpointSpec("rerank", runner="pooling")
-_AUDIO = EndpointSpec("generate_content", body="form", stream="data", runner="any")
-_BY_ID = frozenset({"GET"})
-
-SPECS: dict[Endpoint, EndpointSpec] = {
-    Endpoint.CHAT: _CHAT,
-    Endpoint.COMPLETIONS: EndpointSpec(
-        "text_completion", stream="data", usage="tokens", default_cap=16, cache_aware=True
-    ),
-    Endpoint.EMBEDDINGS: EndpointSpec("embeddings", usage="prompt", runner="pooling"),
-    Endpoint.RESPONSES: EndpointSpec(
-        "chat", stream="named", usage="tokens", cap_param="max_output_tokens"
-    ),
-    Endpoint.RESPONSE: EndpointSpec("chat", body="response_id", methods=_BY_ID),
-    Endpoint.RESPONSE_CANCEL: EndpointSpec("chat", body="response_id"),
-    Endpoint.MESSAGES: EndpointSpec("chat", stream="named", usage="tokens", dialect="anthropic"),
-    Endpoint.COUNT_TOKENS: EndpointSpec("count_tokens", dialect="anthropic"),
-    Endpoint.RERANK: _RERANK,
-    Endpoint.RERANK_BARE: _RERANK,
-    Endpoint.SCORE: EndpointSpec("score", runner="pooling"),
-    Endpoint.POOLING: EndpointSpec("pooling", runner="pooling"),
-    Endpoint.CLASSIFY: EndpointSpec("classify", runner="pooling"),
-    Endpoint.TOKENIZE: EndpointSpec("tokenize", runner="any"),
-    Endpoint.DETOKENIZE: EndpointSpec("detokenize", runner="any"),
-    Endpoint.TRANSCRIPTIONS: _AUDIO,
-    Endpoint.TRANSLATIONS: _AUDIO,
-}
 
 RESPONSES_PREFIX = "/v1/responses/"
 

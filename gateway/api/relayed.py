@@ -157,12 +157,13 @@ def _target(state: AppState, principal: Principal, view: RequestView, home: Home
             param="model",
         )
     queue = state.dispatcher.queue(route.name)
+    if home is None and adapter is None:
+        return Target(queue)  # the common case
     now = asyncio.get_running_loop().time()
     if home is not None:
         return Target(queue, _home_worker(state, route, home, now, view))
-    if adapter is not None:
-        return _adapter_target(queue, route, adapter, now)
-    return Target(queue)
+    assert adapter is not None
+    return _adapter_target(queue, route, adapter, now)
 
 
 def _home_worker(

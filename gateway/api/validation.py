@@ -172,20 +172,20 @@ def _nothing(doc: dict[str, Any]) -> None:
 
 # What the gateway checks of each JSON body beyond `model`: only what it reads or what would
 # otherwise reach a worker as a confusing error. Everything else is vLLM's to judge.
-_CHECKS: dict[Endpoint, Callable[[dict[str, Any]], None]] = {
-    Endpoint.CHAT: _check_messages,
-    Endpoint.COMPLETIONS: _check_prompt,
-    Endpoint.EMBEDDINGS: _check_input,
-    Endpoint.RESPONSES: _check_responses,
-    Endpoint.MESSAGES: _check_anthropic,
-    Endpoint.COUNT_TOKENS: _check_count_tokens,
-    Endpoint.RERANK: _check_rerank,
-    Endpoint.RERANK_BARE: _check_rerank,
-    Endpoint.SCORE: _check_score,
-    Endpoint.POOLING: _check_input,
-    Endpoint.CLASSIFY: _check_input,
-    Endpoint.TOKENIZE: _check_tokenize,
-    Endpoint.DETOKENIZE: _check_detokenize,
+_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    Endpoint.CHAT.path: _check_messages,
+    Endpoint.COMPLETIONS.path: _check_prompt,
+    Endpoint.EMBEDDINGS.path: _check_input,
+    Endpoint.RESPONSES.path: _check_responses,
+    Endpoint.MESSAGES.path: _check_anthropic,
+    Endpoint.COUNT_TOKENS.path: _check_count_tokens,
+    Endpoint.RERANK.path: _check_rerank,
+    Endpoint.RERANK_BARE.path: _check_rerank,
+    Endpoint.SCORE.path: _check_score,
+    Endpoint.POOLING.path: _check_input,
+    Endpoint.CLASSIFY.path: _check_input,
+    Endpoint.TOKENIZE.path: _check_tokenize,
+    Endpoint.DETOKENIZE.path: _check_detokenize,
 }
 
 
@@ -211,7 +211,7 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestView:
     if not isinstance(doc, dict):
         raise InvalidJSON(f"The request body must be a JSON object, not {_type_name(doc)}.")
     model = _model(doc)
-    _CHECKS.get(endpoint, _nothing)(doc)
+    _CHECKS.get(endpoint.path, _nothing)(doc)
     spec = endpoint.spec
     stream = _optional_bool(doc, "stream") if spec.stream != "none" else False
     include_usage = _include_usage(doc) if spec.stream == "data" else False
