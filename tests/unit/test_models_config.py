@@ -12,10 +12,15 @@ from gateway.config.models import load_models_config, parse_models_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_default_config_loads_with_two_models() -> None:
+def test_default_config_loads_two_chat_models_an_embedding_model_and_an_adapter() -> None:
     config = load_models_config(ROOT / "configs" / "models.yaml")
-    assert len(config.models) == 2
+    assert [m.runner for m in config.models] == ["generate", "generate", "pooling"]
     assert all(w.launched for m in config.models for w in m.workers)
+    adapter = config.models[0].adapters[0].name
+    base = config.base_of(adapter)
+    assert base is not None
+    assert base.runtime_lora
+    assert max(len(m.workers) for m in config.models) == 2  # stored Responses pick one
 
 
 def test_attached_worker_by_url() -> None:
