@@ -56,10 +56,11 @@ def _serve(args: argparse.Namespace, *, gateway: bool) -> int:
                 print_line("all workers ready; Ctrl-C to stop")
                 return _watch(workers, None, None)
             models_file = args.cache_dir / "gateway-models.yaml"
-            write_models(config, models_file)  # the gateway's copy: a restart marks drains there
+            served = workers.stand_in_config()  # adapters: their local stand-ins
+            write_models(served, models_file)  # the gateway's copy: a restart marks drains there
             process = _start_gateway(args, models_file)
             drains = GatewayDrains(
-                config, models_file, _gateway_url(args), lambda: process.send_signal(signal.SIGHUP)
+                served, models_file, _gateway_url(args), lambda: process.send_signal(signal.SIGHUP)
             )
             try:
                 _report_gateway(args, process, len(workers.launches))

@@ -171,10 +171,18 @@ class LocalWorkers:
         LoRA adapters point at their local stand-ins (what a run-time load must name).
         """
         models = []
-        for model in self._config.models:
+        for model in self.stand_in_config().models:
             workers = [self._as_attached(worker) for worker in model.workers]
+            models.append(model.model_copy(update={"workers": workers}))
+        return self._config.model_copy(update={"models": models})
+
+    def stand_in_config(self) -> ModelsConfig:
+        """The config with the LoRA adapters of launched models pointing at their local
+        stand-ins: the paths a gateway must name when it loads one at run time."""
+        models = []
+        for model in self._config.models:
             adapters = [self._local_adapter(model, adapter) for adapter in model.adapters]
-            models.append(model.model_copy(update={"workers": workers, "adapters": adapters}))
+            models.append(model.model_copy(update={"adapters": adapters}))
         return self._config.model_copy(update={"models": models})
 
     def _local_adapter(self, model: ModelConfig, adapter: AdapterConfig) -> AdapterConfig:
