@@ -155,8 +155,11 @@ def real(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDBs) -> Itera
             "GATEWAY_KEYS_FILE": str(tmp / "keys.yaml"),
             "GATEWAY_REDIS_URL": redis_url,
             # Engines sharing two busy cores may take over a second to answer /health (the
-            # default timeout), which would mark them down for a moment.
+            # default timeout), which would mark them down for a moment; on such a machine Redis
+            # may miss the default 0.1 s too (seen: a stored response's home not found by the
+            # other replica).
             "GATEWAY_HEALTH_TIMEOUT": "5",
+            "GATEWAY_REDIS_TIMEOUT": "2",
         }
         proc, url = start_gateway(tmp, text, env)
         try:
