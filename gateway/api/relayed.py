@@ -186,9 +186,15 @@ def _home_worker(
 
 
 def _adapter_target(queue: ModelQueue, route: ModelRoute, adapter: str, now: float) -> Target:
-    """Workers with the adapter loaded (or not known yet); else one to load it on at run time
-    (when the model allows it)."""
-    having = frozenset(w for w in route.workers if w.adapters is None or adapter in w.adapters)
+    """Workers with the adapter loaded; else one to load it on at run time (when the model
+    allows it: loading is idempotent, so a worker whose adapters are not known yet gets a
+    load; without run-time loading such a worker is trusted to have been launched with it)."""
+    unknown_ok = not route.runtime_lora
+    having = frozenset(
+        w
+        for w in route.workers
+        if (w.adapters is None and unknown_ok) or (w.adapters is not None and adapter in w.adapters)
+    )
     if any(w.takes_traffic(now) for w in having):
         return Target(queue, having)
     live = [w for w in route.workers if w.takes_traffic(now)]
