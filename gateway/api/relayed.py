@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +43,9 @@ from gateway.routing.policy import Preference
 from gateway.routing.registry import ModelRoute, Worker
 from gateway.routing.response_homes import Home
 from gateway.state import AppState
+
+# A query string relayed to the worker as it came: only characters that need no escaping.
+_SAFE_QUERY = re.compile(rb"[A-Za-z0-9._~%&=+\-\[\]]{1,2000}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -310,8 +314,12 @@ def _special(out: Outbound, scope: Scope, view: RequestView) -> None:
     if view.endpoint.spec.body == "form":
         content_type = next(v for k, v in scope["headers"] if k == b"content-type")
         out.content_type = content_type.decode("latin-1")
-    else:
-        out.path, out.method = scope["path"], scope["method"]
+    else:  # the query too: GET /v1/responses/{id}?include[]=...
+        query: bytes = scope.get("query_string", b"")
+        path = scope["path"]
+        if query and _SAFE_QUERY.fullmatch(query):
+            path += "?" + query.decode("ascii")
+        out.path, out.method = path, scope["method"]
 
 
 def endpoint_routes() -> dict[str, EndpointRoute]:

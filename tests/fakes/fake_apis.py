@@ -137,7 +137,7 @@ def by_id(state: ApiState, method: str, path: str) -> Answer | None:
     """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel."""
     if not path.startswith("/v1/responses/"):
         return None
-    rest = path[len("/v1/responses/") :]
+    rest = path[len("/v1/responses/") :].partition("?")[0]
     cancel = rest.endswith("/cancel")
     response_id = rest.removesuffix("/cancel")
     doc = state.responses.get(response_id)
