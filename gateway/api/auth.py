@@ -39,8 +39,9 @@ def authenticate(
     if token is None and x_api_key:
         token = api_key_header(headers)
     if token is None:
+        how = "'x-api-key: YOUR_KEY' or " if x_api_key else ""
         raise InvalidAPIKey(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+            f"You didn't provide an API key. Send it as {how}'Authorization: Bearer YOUR_KEY'."
         )
     principal = store.lookup(token)
     if principal is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +43,9 @@ from gateway.routing.policy import Preference
 from gateway.routing.registry import ModelRoute, Worker
 from gateway.routing.response_homes import Home
 from gateway.state import AppState
+
+# A query string relayed to the worker as it came: only characters that need no escaping.
+_SAFE_QUERY = re.compile(rb"[A-Za-z0-9._~%&=+\-\[\]]{1,2000}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,9 +190,15 @@ def _home_worker(
 
 
 def _adapter_target(queue: ModelQueue, route: ModelRoute, adapter: str, now: float) -> Target:
-    """Workers with the adapter loaded (or not known yet); else one to load it on at run time
-    (when the model allows it)."""
-    having = frozenset(w for w in route.workers if w.adapters is None or adapter in w.adapters)
+    """Workers with the adapter loaded; else one to load it on at run time (when the model
+    allows it: loading is idempotent, so a worker whose adapters are not known yet gets a
+    load; without run-time loading such a worker is trusted to have been launched with it)."""
+    unknown_ok = not route.runtime_lora
+    having = frozenset(
+        w
+        for w in route.workers
+        if (w.adapters is None and unknown_ok) or (w.adapters is not None and adapter in w.adapters)
+    )
     if any(w.takes_traffic(now) for w in having):
         return Target(queue, having)
     live = [w for w in route.workers if w.takes_traffic(now)]
@@ -304,8 +314,12 @@ def _special(out: Outbound, scope: Scope, view: RequestView) -> None:
     if view.endpoint.spec.body == "form":
         content_type = next(v for k, v in scope["headers"] if k == b"content-type")
         out.content_type = content_type.decode("latin-1")
-    else:
-        out.path, out.method = scope["path"], scope["method"]
+    else:  # the query too: GET /v1/responses/{id}?include[]=...
+        query: bytes = scope.get("query_string", b"")
+        path = scope["path"]
+        if query and _SAFE_QUERY.fullmatch(query):
+            path += "?" + query.decode("ascii")
+        out.path, out.method = path, scope["method"]
 
 
 def endpoint_routes() -> dict[str, EndpointRoute]:

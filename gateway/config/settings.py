@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     health_interval: Annotated[float, Field(ge=0)] = 1.0
     health_timeout: Seconds = 1.0
     eject_after_failures: Annotated[int, Field(ge=0)] = 3
+    # Probes of /health in a row with no answer within health_timeout before a worker is taken
+    # out (a refused connection or an error status takes it out at once).
+    health_slow_probes: Annotated[int, Field(ge=1)] = 3
     eject_base_seconds: Seconds = 2.0
     eject_max_seconds: Seconds = 60.0
     eject_reset_seconds: Seconds = 120.0
@@ -85,7 +88,7 @@ class Settings(BaseSettings):
     # what was sent where, shared by the replicas through Redis), unless that worker queues more
     # than the least loaded by more than `prefix_balance` (pressure: the larger of in-flight /
     # cap and vLLM's waiting requests / 5; a saturated worker is never chosen).
-    prefix_routing: bool = False
+    prefix_routing: bool = True
     prefix_block_bytes: Annotated[int, Field(ge=16)] = 512  # ~ one 128-token vLLM block
     prefix_bytes_per_token: Annotated[float, Field(gt=0)] = 4.0
     # A worker's KV cache in tokens when its /metrics has no vllm:cache_config_info.

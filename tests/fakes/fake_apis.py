@@ -137,7 +137,7 @@ def by_id(state: ApiState, method: str, path: str) -> Answer | None:
     """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel."""
     if not path.startswith("/v1/responses/"):
         return None
-    rest = path[len("/v1/responses/") :]
+    rest = path[len("/v1/responses/") :].partition("?")[0]
     cancel = rest.endswith("/cancel")
     response_id = rest.removesuffix("/cancel")
     doc = state.responses.get(response_id)
@@ -222,3 +222,15 @@ def form_field(raw: bytes, name: str) -> str | None:
         return None
     start += len(marker)
     return raw[start : raw.find(b"\r\n", start)].decode()
+
+
+def parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    if content_type.startswith("multipart/form-data"):
+        stream = form_field(raw, "stream") == "true"
+        gap = float(form_field(raw, "fake_gap") or 0)
+        model = form_field(raw, "model")
+        return {"multipart": True, "model": model, "stream": stream, "fake": {"gap": gap}}
+    if not raw:
+        return {}
+    body: dict[str, Any] = json.loads(raw)
+    return body

@@ -102,7 +102,7 @@ class FakeVLLM:
         if method == "GET":
             await self._get(path, writer)
             return True
-        body = _parse(raw, headers.get("content-type", ""))
+        body = fake_apis.parse_body(raw, headers.get("content-type", ""))
         if path == "/fake/control":
             if body.pop("reset", False):
                 self.stats = Stats()
@@ -299,18 +299,6 @@ class FakeVLLM:
             await _chunk(writer, b"data: " + _dumps(usage).encode() + b"\n\n")
         await _chunk(writer, b"data: [DONE]\n\n")
         await _chunk(writer, b"")
-
-
-def _parse(raw: bytes, content_type: str) -> dict[str, Any]:
-    if content_type.startswith("multipart/form-data"):
-        stream = fake_apis.form_field(raw, "stream") == "true"
-        gap = float(fake_apis.form_field(raw, "fake_gap") or 0)
-        model = fake_apis.form_field(raw, "model")
-        return {"multipart": True, "model": model, "stream": stream, "fake": {"gap": gap}}
-    if not raw:
-        return {}
-    body: dict[str, Any] = json.loads(raw)
-    return body
 
 
 async def _stream_head(writer: asyncio.StreamWriter) -> None:

@@ -229,6 +229,10 @@ def test_a_stored_response_is_reached_from_either_replica(stack: Stack) -> None:
         follow = two.responses.create(model="chat", input="more", previous_response_id=made.id)
         assert follow.previous_response_id == made.id
         assert one.responses.retrieve(follow.id).id == follow.id
+    queried = httpx.get(
+        stack.gateways[1] + f"/v1/responses/{made.id}?include[]=x", headers=stack.auth()
+    )
+    assert queried.json()["id"] == made.id
     streamed = one.responses.create(model="chat", input="hi", stream=True)
     created = next(event for event in streamed if event.type == "response.created")
     cancelled = httpx.post(

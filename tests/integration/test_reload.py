@@ -137,3 +137,29 @@ async def test_draining_a_worker_under_load_fails_no_request(tmp_path: Path) -> 
             assert len(outcomes) > 50
         finally:
             gateway.stop()
+
+
+def test_a_reload_adds_a_lora_adapter_as_a_model_and_routes_it(tmp_path: Path) -> None:
+    with fleet(tmp_path, 1) as workers:
+        worker = f"{{name: w0, url: '{workers.urls[0]}'}}"
+        base = f"models:\n  - {{name: m, model: f, workers: [{worker}]}}\n"
+        gateway, url = start_gateway(tmp_path, base, FAST)
+        try:
+            lora = {"model": "m-lora", "messages": CHAT}
+            assert httpx.post(url + "/v1/chat/completions", json=lora).status_code == 404
+            with_adapter = base.replace(
+                "model: f,", "model: f, runtime_lora: true, adapters: [{name: m-lora, path: /a}],"
+            )
+            replace_file(config_file(gateway), with_adapter)
+            wait_for(
+                lambda: any(
+                    m.get("parent") == "m" for m in httpx.get(url + "/v1/models").json()["data"]
+                )
+            )
+            answer = httpx.post(url + "/v1/chat/completions", json=lora)
+            assert answer.status_code == 200, answer.text
+            stats = httpx.get(workers.urls[0] + "/fake/stats").json()
+            assert stats["lora_loads"] == 1
+            assert stats["last_body"]["model"] == "m-lora"
+        finally:
+            gateway.stop()
