@@ -20,6 +20,11 @@ RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 # previous_response_id answer 404) unless this is 1; with it, every stored response stays in the
 # server's memory until it restarts. Local CPU workers set it; deployments opt in.
 RESPONSES_STORE_ENV = "VLLM_ENABLE_RESPONSES_API_STORE"
+# vLLM closes a keep-alive connection after 5 idle seconds by default, while the gateway keeps
+# idle pooled connections for 30 s (gateway/relay/upstream.py): a request sent on a connection
+# the server is just closing fails (ClientOSError, a 502). The worker must outlast the pool.
+KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+WORKER_KEEP_ALIVE_SECONDS = 75
 
 
 def vllm_flags(
@@ -77,7 +82,10 @@ def lora_flags(model: ModelConfig, adapter_paths: Mapping[str, str]) -> list[str
 
 def vllm_env(model: ModelConfig) -> dict[str, str]:
     """Environment the model's servers need beyond the defaults (launcher, compose, Kubernetes)."""
-    return {RUNTIME_LORA_ENV: "True"} if model.runtime_lora else {}
+    env = {KEEP_ALIVE_ENV: str(WORKER_KEEP_ALIVE_SECONDS)}
+    if model.runtime_lora:
+        env[RUNTIME_LORA_ENV] = "True"
+    return env
 
 
 def kv_events_config(port: int) -> str:

@@ -154,7 +154,7 @@ def test_vllm_pod_has_shm_a_cache_volume_an_optional_token_and_health_probes() -
     assert mounts["/dev/shm"] == "dshm"
     assert mounts["/root/.cache/huggingface"] == "cache"
     assert [c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]] == ["cache"]
-    (token,) = container["env"]
+    (token,) = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {
         "name": "hf-token",
         "key": "token",

@@ -133,6 +133,7 @@ def test_worker_service_is_private_health_gated_and_shares_memory() -> None:
     assert worker["ipc"] == "host"
     assert worker["environment"] == {
         "HF_TOKEN": "${HF_TOKEN:-}",
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "75",  # longer than the gateway keeps idle connections
         "VLLM_ENABLE_RESPONSES_API_STORE": "${VLLM_ENABLE_RESPONSES_API_STORE:-0}",
     }
     assert "hf-cache:/root/.cache/huggingface" in worker["volumes"]
@@ -161,7 +162,7 @@ def test_embedding_worker_runs_the_pooling_runner() -> None:
     embed = _compose()["services"]["bge-0"]
     command = embed["command"]
     assert command[command.index("--runner") + 1] == "pooling"
-    assert embed["environment"] == {"HF_TOKEN": "${HF_TOKEN:-}"}  # no Responses there
+    assert "VLLM_ENABLE_RESPONSES_API_STORE" not in embed["environment"]  # no Responses there
     assert "--runner" not in _compose()["services"]["llama-0"]["command"]
 
 

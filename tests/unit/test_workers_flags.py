@@ -237,8 +237,14 @@ def test_runtime_lora_alone_enables_lora_without_modules_and_sets_the_env() -> N
     flags = vllm_flags(plain, plain.workers[0])
     assert "--enable-lora" in flags
     assert "--lora-modules" not in flags
-    assert vllm_env(plain) == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    assert vllm_env(_config().models[1]) == {}
+    assert vllm_env(plain)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in vllm_env(_config().models[1])
+
+
+def test_workers_keep_idle_connections_longer_than_the_gateways_pool() -> None:
+    # vLLM's default is 5 s; the gateway's pool keeps idle connections for 30 s.
+    small = _config().models[1]
+    assert int(vllm_env(small)["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) > 30
 
 
 def test_pooling_model_runs_the_pooling_runner_and_generate_models_do_not() -> None:
