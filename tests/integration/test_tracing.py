@@ -113,3 +113,25 @@ async def test_refused_requests_are_spans_with_their_error(
     attributes = dict(span.attributes or {})
     assert attributes["error.type"] == "model_not_found"
     assert attributes["http.response.status_code"] == 404
+
+
+async def test_the_other_endpoints_are_spans_named_by_their_operation(
+    traced: tuple[str, str, InMemorySpanExporter],
+) -> None:
+    url, fake_url, exporter = traced
+    async with httpx.AsyncClient() as client:
+        body = {"model": "fake-a", "messages": CHAT, "max_tokens": 9, "stream": True}
+        assert (await client.post(url + "/v1/messages", json=body)).status_code == 200
+        tokenize = {"model": "fake-a", "prompt": "hi"}
+        assert (await client.post(url + "/tokenize", json=tokenize)).status_code == 200
+        stats = (await client.get(fake_url + "/fake/stats")).json()
+    messages, tokenized = exporter.get_finished_spans()
+    assert messages.name == "chat fake-a"
+    attributes = dict(messages.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 3  # from Anthropic's message_start
+    assert attributes["gen_ai.usage.output_tokens"] == 3  # and its message_delta
+    assert attributes["gen_ai.request.max_tokens"] == 9
+    assert tokenized.name == "tokenize fake-a"
+    assert (
+        stats["last_headers"]["traceparent"].split("-")[1] == f"{tokenized.context.trace_id:032x}"
+    )
