@@ -14,6 +14,7 @@ from gateway.config.models import load_models_config
 from gateway.config.placement import placement_errors
 from workers.compose import compose_errors
 from workers.cpu_plan import REPO_ROOT
+from workers.flags import flag_errors
 from workers.k8s import k8s_errors
 from workers.render import RERENDER, Deployment, leftover_files, render_all, stale_files
 
@@ -21,6 +22,7 @@ from workers.render import RERENDER, Deployment, leftover_files, render_all, sta
 def _check(args: argparse.Namespace) -> int:
     config = load_models_config(args.config)
     problems = placement_errors(config, args.gpus) + compose_errors(config) + k8s_errors(config)
+    problems += flag_errors(config)
     if problems:
         print(f"{args.config}: {len(problems)} placement problem(s):", file=sys.stderr)
         for problem in problems:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from gateway.config.models import ModelConfig, WorkerConfig
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
 
 # Where a worker publishes its KV-cache events (vLLM's ZMQ publisher, found by the gateway at its
 # /kv_event_sources): precise cache-aware routing follows them. Containers each have their own
@@ -25,6 +25,8 @@ RESPONSES_STORE_ENV = "VLLM_ENABLE_RESPONSES_API_STORE"
 # the server is just closing fails (ClientOSError, a 502). The worker must outlast the pool.
 KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
 WORKER_KEEP_ALIVE_SECONDS = 75
+# The only --max-lora-rank values vLLM 0.32 accepts (vllm/config/lora.py); others stop it at start.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def vllm_flags(
@@ -96,3 +98,16 @@ def kv_events_config(port: int) -> str:
         "topic": "kv-events",
     }
     return json.dumps(config, separators=(",", ":"))
+
+
+def flag_errors(config: ModelsConfig) -> list[str]:
+    """Settings the schema accepts but vLLM would refuse at start."""
+    errors = []
+    for index, model in enumerate(config.models):
+        rank = model.max_lora_rank
+        if rank is not None and rank not in VLLM_LORA_RANKS:
+            allowed = ", ".join(map(str, VLLM_LORA_RANKS))
+            errors.append(
+                f"models[{index}] (name={model.name}).max_lora_rank: vLLM accepts only {allowed}"
+            )
+    return errors

@@ -22,6 +22,7 @@ from workers.alerts import alerts_document
 from workers.compose import CONFIG_DIR_IN_CONTAINER, compose_document, compose_errors
 from workers.cpu_plan import REPO_ROOT
 from workers.dashboard import dashboard_document
+from workers.flags import flag_errors
 from workers.k8s import k8s_errors
 from workers.k8s_base import Manifest, base_manifests, keda_manifests, kustomization
 from workers.prometheus import prometheus_document
@@ -54,6 +55,7 @@ class Deployment:
     ) -> Deployment:
         config = load_models_config(config_path)
         problems = placement_errors(config) + compose_errors(config) + k8s_errors(config)
+        problems += flag_errors(config)
         if problems:
             raise ConfigError(f"{config_path}: cannot deploy\n  " + "\n  ".join(problems))
         return cls(config, config_path, load_versions(versions_path), root)

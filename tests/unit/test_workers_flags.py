@@ -18,7 +18,7 @@ from workers.cpu_plan import (
     stand_in_seed,
     tinymodel_command,
 )
-from workers.flags import vllm_env, vllm_flags
+from workers.flags import flag_errors, vllm_env, vllm_flags
 from workers.local import LocalWorkers
 from workers.tinymodel import STAMP_NAME, is_complete
 
@@ -284,3 +284,9 @@ def test_attached_config_points_adapters_at_their_local_stand_ins(tmp_path: Path
         ("chat-sql", str(tmp_path / "adapters" / "chat-sql")),
         ("chat-law", str(tmp_path / "adapters" / "chat-law")),
     ]
+
+
+def test_a_lora_rank_vllm_refuses_is_reported_before_deploying() -> None:
+    (error,) = flag_errors(_config(LORA_AND_POOLING))  # max_lora_rank: 4
+    assert error.startswith("models[0] (name=chat).max_lora_rank: vLLM accepts only 1, 8, 16,")
+    assert flag_errors(_config()) == []
