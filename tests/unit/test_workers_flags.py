@@ -290,3 +290,13 @@ def test_a_lora_rank_vllm_refuses_is_reported_before_deploying() -> None:
     (error,) = flag_errors(_config(LORA_AND_POOLING))  # max_lora_rank: 4
     assert error.startswith("models[0] (name=chat).max_lora_rank: vLLM accepts only 1, 8, 16,")
     assert flag_errors(_config()) == []
+
+
+def test_stand_in_config_keeps_workers_launched_and_points_adapters_locally(
+    tmp_path: Path,
+) -> None:
+    # What `workers run` hands the gateway: its own launched workers, the adapters' stand-ins.
+    config = _config(LORA_AND_POOLING)
+    served = LocalWorkers(config, cache_dir=tmp_path).stand_in_config()
+    assert [m.workers for m in served.models] == [m.workers for m in config.models]
+    assert served.models[0].adapters[1].path == str(tmp_path / "adapters" / "chat-law")
