@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     # Gateway processes sharing the port (uvicorn workers); about one per core.
     processes: Annotated[int, Field(ge=1, le=256)] = 1
 
+    # Workers given as `dns: host:port` in models.yaml: resolved again every `dns_interval`
+    # seconds (each address is a worker), each query given `dns_timeout` seconds. Nameservers
+    # (ip or ip:port, a JSON list) instead of /etc/resolv.conf's; empty: /etc/resolv.conf.
+    dns_interval: Seconds = 5.0
+    dns_timeout: Seconds = 2.0
+    dns_nameservers: list[str] = []
+
     # How the gateway reaches a worker it launched (`gpus` + `port` in models.yaml). In compose each
     # worker is its own host, so there it is "http://{name}:{port}".
     worker_url_template: str = "http://127.0.0.1:{port}"
