@@ -1,7 +1,8 @@
 """`python -m bench` (make bench): what the gateway costs, next to a direct-to-upstream baseline.
 
 `python -m bench streams5k` runs the 5,000-open-streams test instead (bench/streams5k.py);
-`python -m bench prefix` only the in-process cost of the cache-aware routing index
+`python -m bench soak --minutes N` a long mixed run watching memory and open files
+(bench/soak.py); `python -m bench prefix` only the in-process cost of the cache-aware routing index
 (bench/prefix_cost.py, also appended to every report).
 """
 
@@ -241,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         return streams5k.main(argv[1:])
     if argv[:1] == ["prefix"]:
         return prefix_cost.main()
+    if argv[:1] == ["soak"]:
+        from bench import soak
+
+        return soak.main(argv[1:])
     args = parse_args(argv)
     missing = missing_tools()
     if missing:

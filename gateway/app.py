@@ -149,7 +149,10 @@ async def _build_state(
         _prefix_settings(settings),
     )
     health_settings = HealthSettings(
-        settings.health_interval, settings.health_timeout, settings.eject_after_failures
+        settings.health_interval,
+        settings.health_timeout,
+        settings.eject_after_failures,
+        settings.health_slow_probes,
     )
     queue_settings = QueueSettings(
         settings.queue_depth, settings.queue_timeout, health_settings.stale_after

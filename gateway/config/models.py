@@ -6,7 +6,7 @@ The gateway reads it to route; `workers/` reads the same schema to launch vLLM a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -84,6 +84,16 @@ def split_host_port(target: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class AdapterConfig(BaseModel):
+    """A LoRA adapter served as a model of its own: its `name` is what clients ask for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name
+    # A local directory (mounted into the worker) or a Hugging Face repository id.
+    path: Annotated[str, Field(min_length=1)]
+
+
 class ModelConfig(BaseModel):
     """One served model name and the workers that serve it."""
 
@@ -99,7 +109,23 @@ class ModelConfig(BaseModel):
     # Gateway side: requests one gateway process keeps in flight on each worker of this model
     # before it queues the rest (default GATEWAY_MAX_INFLIGHT_PER_WORKER).
     max_inflight_per_worker: Annotated[int, Field(ge=1)] | None = None
+    # What the workers run the model as: `generate` (chat, completions, responses, messages) or
+    # `pooling` (embeddings, score/rerank, classify, pooling). Tokenize/detokenize work on both.
+    runner: Literal["generate", "pooling"] = "generate"
+    # LoRA adapters: launched workers start with --enable-lora and load them all; each is listed
+    # in /v1/models with `parent` set to this model.
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    # Let the gateway load an adapter at run time (vLLM's /v1/load_lora_adapter) on a worker that
+    # lacks it; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True for that (set on launched workers).
+    runtime_lora: bool = False
+    max_lora_rank: Annotated[int, Field(ge=1)] | None = None
     workers: Annotated[list[WorkerConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _adapters_need_generate(self) -> ModelConfig:
+        if self.adapters and self.runner != "generate":
+            raise ValueError("adapters are served by `runner: generate` models only")
+        return self
 
 
 class ModelsConfig(BaseModel):
@@ -113,13 +139,21 @@ class ModelsConfig(BaseModel):
     def _unique_names(self) -> ModelsConfig:
         seen: set[str] = set()
         for model in self.models:
-            if model.name in seen:
-                raise ValueError(f"model name {model.name!r} appears twice")
-            seen.add(model.name)
+            for name in (model.name, *(adapter.name for adapter in model.adapters)):
+                if name in seen:
+                    raise ValueError(f"model or adapter name {name!r} appears twice")
+                seen.add(name)
         return self
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def base_of(self, name: str) -> ModelConfig | None:
+        """The model that serves `name`: itself, or the base model of the adapter so named."""
+        for model in self.models:
+            if model.name == name or any(a.name == name for a in model.adapters):
+                return model
+        return None
 
 
 def _describe(error: ValidationError, doc: object) -> str:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     health_interval: Annotated[float, Field(ge=0)] = 1.0
     health_timeout: Seconds = 1.0
     eject_after_failures: Annotated[int, Field(ge=0)] = 3
+    # Probes of /health in a row with no answer within health_timeout before a worker is taken
+    # out (a refused connection or an error status takes it out at once).
+    health_slow_probes: Annotated[int, Field(ge=1)] = 3
     eject_base_seconds: Seconds = 2.0
     eject_max_seconds: Seconds = 60.0
     eject_reset_seconds: Seconds = 120.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gateway.observe.metrics import Metrics
 from gateway.routing.ejections import Ejections
-from gateway.routing.probe import Probe
+from gateway.routing.probe import Probe, Verdict
 from gateway.routing.registry import ModelRoute, Registry, Worker
 from gateway.routing.scrape import scrape
 
@@ -31,6 +31,9 @@ class HealthSettings:
     interval: float  # seconds between probes; 0 = no active probing
     timeout: float
     eject_after: int  # consecutive failures; 0 = never eject
+    # /health probes in a row that get no answer in time before a worker is taken out (one
+    # refusal or error status takes it out at once): a busy host is not a dead worker.
+    slow_probes: int = 3
 
     @property
     def stale_after(self) -> float:
@@ -142,20 +145,31 @@ class Health:
 
     async def _probe(self, worker: Worker) -> None:
         timeout = self.settings.timeout
-        health, metrics = await asyncio.gather(
-            self._prober.fetch(worker.url + "/health", timeout),
+        verdict, metrics = await asyncio.gather(
+            self._prober.check(worker.url + "/health", timeout),
             self._prober.fetch(worker.url + "/metrics", timeout),
         )
         now = self._loop.time()
         if metrics is not None:
             self._read_metrics(worker, metrics.decode(errors="replace"), now)
-        ok = health is not None
-        if ok and not worker.up and now >= worker.ejected_until:
-            worker.up, worker.failures = True, 0
-            log.warning("worker %s (%s) is up", worker.name, worker.model)
-        elif not ok and worker.up:
+        if verdict is Verdict.UP:
+            worker.slow_probes = 0
+            if not worker.up and now >= worker.ejected_until:
+                worker.up, worker.failures = True, 0
+                log.warning("worker %s (%s) is up", worker.name, worker.model)
+            return
+        if verdict is Verdict.SLOW:
+            worker.slow_probes += 1
+            if worker.slow_probes < self.settings.slow_probes:
+                return  # not yet: one late answer on a busy host is not an outage
+        if worker.up:
             worker.up = False
-            log.warning("worker %s (%s) failed its health probe", worker.name, worker.model)
+            log.warning(
+                "worker %s (%s) failed its health probe (%s)",
+                worker.name,
+                worker.model,
+                verdict.value,
+            )
 
     def _read_metrics(self, worker: Worker, text: str, now: float) -> None:
         scraped = scrape(text)

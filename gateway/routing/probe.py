@@ -7,14 +7,27 @@ relay's aiohttp session (relay/upstream.py), measured several times cheaper per 
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Protocol
 
 import httpx
 
 
+class Verdict(enum.Enum):
+    """What one health probe saw."""
+
+    UP = "up"  # 200 in time
+    DOWN = "down"  # refused, reset, or any other status: the worker says it is not serving
+    SLOW = "slow"  # no answer in time: maybe down, maybe only busy (a loaded host, a GC pause)
+
+
 class Probe(Protocol):
     async def fetch(self, url: str, seconds: float) -> bytes | None:
         """The body of GET `url` when it answers 200 within `seconds`, else None."""
+        ...
+
+    async def check(self, url: str, seconds: float) -> Verdict:
+        """GET `url`: did it answer 200 in time, fail, or not answer in time?"""
         ...
 
 
@@ -30,6 +43,16 @@ class HttpProbe:
         except (httpx.HTTPError, TimeoutError, OSError):
             return None
         return response.content if response.status_code == 200 else None
+
+    async def check(self, url: str, seconds: float) -> Verdict:
+        try:
+            async with asyncio.timeout(seconds):
+                response = await self._client.get(url, timeout=seconds)
+        except (TimeoutError, httpx.TimeoutException):
+            return Verdict.SLOW
+        except (httpx.HTTPError, OSError):
+            return Verdict.DOWN
+        return Verdict.UP if response.status_code == 200 else Verdict.DOWN
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -26,6 +26,7 @@ class Worker:
     slot: int = 0  # position among its model's workers (its bit in the prefix index)
     # Active health: the last probe of /health answered 200. With probing off it stays True.
     up: bool = True
+    slow_probes: int = 0  # /health probes in a row that got no answer in time
     # Passive health: consecutive failed exchanges, and until when (loop clock) it is ejected.
     failures: int = 0
     ejected_until: float = 0.0

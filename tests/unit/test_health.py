@@ -11,6 +11,7 @@ from gateway.config.models import parse_models_config
 from gateway.observe.metrics import Metrics
 from gateway.routing.ejections import Backoff, LocalEjections
 from gateway.routing.health import Health, HealthSettings
+from gateway.routing.probe import Verdict
 from gateway.routing.registry import Registry, Worker
 from gateway.routing.scrape import saturation_from_metrics
 
@@ -54,8 +55,26 @@ class NoProbe:
     async def fetch(self, url: str, seconds: float) -> bytes | None:
         raise AssertionError("no probes in this test")
 
+    async def check(self, url: str, seconds: float) -> Verdict:
+        raise AssertionError("no probes in this test")
 
-def health_for(eject_after: int) -> tuple[Health, Worker, Metrics]:
+
+class ScriptedProbe:
+    """/health answers as scripted, one verdict per probe; no /metrics."""
+
+    def __init__(self, verdicts: list[Verdict]) -> None:
+        self.verdicts = verdicts
+
+    async def fetch(self, url: str, seconds: float) -> bytes | None:
+        return None
+
+    async def check(self, url: str, seconds: float) -> Verdict:
+        return self.verdicts.pop(0)
+
+
+def health_for(
+    eject_after: int, probe: NoProbe | ScriptedProbe | None = None, interval: float = 0
+) -> tuple[Health, Worker, Metrics]:
     config = parse_models_config(
         "models:\n  - {name: m, model: x, workers: [{name: w0, url: 'http://h:1'}]}\n"
     )
@@ -63,13 +82,26 @@ def health_for(eject_after: int) -> tuple[Health, Worker, Metrics]:
     metrics = Metrics()
     health = Health(
         registry,
-        NoProbe(),
+        probe or NoProbe(),
         LocalEjections(Backoff(5.0, 60.0, 120.0)),
-        HealthSettings(interval=0, timeout=1.0, eject_after=eject_after),
+        HealthSettings(interval=interval, timeout=1.0, eject_after=eject_after, slow_probes=3),
         metrics,
         lambda route: None,
     )
     return health, registry.workers()[0], metrics
+
+
+async def test_a_worker_is_out_after_three_slow_probes_in_a_row_or_one_refusal() -> None:
+    up, slow, down = Verdict.UP, Verdict.SLOW, Verdict.DOWN
+    probe = ScriptedProbe([up, slow, slow, up, slow, slow, slow, up, down])
+    health, worker, _ = health_for(eject_after=3, probe=probe, interval=1.0)
+    seen = []
+    for _ in range(9):
+        await health.start()  # one probe round (its background loop is cancelled below)
+        seen.append(worker.up)
+    await health.aclose()
+    # Two late answers in a row are a busy host; the third takes it out; one refusal does.
+    assert seen == [True, True, True, True, True, True, False, True, False]
 
 
 async def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
