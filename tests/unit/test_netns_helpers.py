@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_not_root_is_a_skip_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_no_ip_command_is_a_skip_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(netns.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(pytest.skip.Exception, match="iproute2"):
         netns.skip_unless_possible()
 
