@@ -177,7 +177,13 @@ def test_monitors_scrape_gateway_and_vllm_with_the_alerts_job_and_model_labels()
     assert pods["selector"]["matchLabels"].items() <= template["labels"].items()
     relabel = {r["targetLabel"]: r for r in pods["podMetricsEndpoints"][0]["relabelings"]}
     assert relabel["job"]["replacement"] == "vllm"
-    assert relabel["worker"]["sourceLabels"] == ["__meta_kubernetes_pod_name"]
+    # The gateway's name for an address it found through the Service: vllm-<model>@<ip>:8000.
+    assert relabel["worker"]["sourceLabels"] == [
+        "__meta_kubernetes_pod_label_app_kubernetes_io_instance",
+        "__meta_kubernetes_pod_ip",
+    ]
+    assert (relabel["worker"]["separator"], relabel["worker"]["replacement"]) == ("@", "$1:8000")
+    assert "app.kubernetes.io/instance" in template["labels"]
     (annotation,) = template["annotations"]  # the served name, any characters
     assert template["annotations"][annotation] == "qwen2.5-1.5b-instruct"
     assert relabel["model"]["sourceLabels"] == [
