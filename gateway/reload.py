@@ -90,8 +90,9 @@ class Reloader:
             metrics.config_reload_errors.labels("models").inc()
             log.error("keeping the running configuration: %s", exc)
             return False
-        await self._discovery.refresh(config)  # new `dns` workers start with their addresses
-        self.apply(config)
+        async with self._discovery.lock:
+            await self._discovery.refresh(config)  # new `dns` workers start with addresses
+            self.apply(config)
         metrics.config_reloads.labels("models").inc()
         return True
 

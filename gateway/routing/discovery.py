@@ -168,6 +168,9 @@ class Discovery:
         self.interval = interval
         self._resolved: dict[tuple[str, str], tuple[str, ...]] = {}
         self._failing: set[tuple[str, str]] = set()  # incidents already logged
+        # Held from a refresh to the apply of its result: a round of the watch and a reload of
+        # the file never interleave (the older source would undo the newer's addresses).
+        self.lock = asyncio.Lock()
 
     @property
     def resolved(self) -> Resolved:
@@ -241,7 +244,8 @@ class Discovery:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                if await self.refresh(source()):
-                    apply()
+                async with self.lock:
+                    if await self.refresh(source()):
+                        apply()
             except Exception:
                 log.exception("DNS discovery round failed; trying again next round")

@@ -106,8 +106,10 @@ async def test_workers_follow_dns_answers_under_load(tmp_path: Path) -> None:
             await asyncio.sleep(0.3)
             assert await asyncio.to_thread(requests_seen, urls[1]) > served
             dns_server.fail(False)
-            dns_server.set(NAME, HOSTS[:1])  # back, and everything moves to the first address
-            await until(lambda: ready_workers(url) == names[:1], 5, "back to the first address")
+            dns_server.set(NAME, HOSTS)  # back, with the first address again
+            await until(lambda: ready_workers(url) == names, 5, "the first address back")
+            dns_server.set(NAME, HOSTS[:1])  # then only it
+            await until(lambda: ready_workers(url) == names[:1], 5, "only the first address")
             await asyncio.sleep(0.5)
         finally:
             stop.set()
