@@ -320,7 +320,58 @@ LATENCY = Row(
     ),
 )
 
-ROWS: tuple[Row, ...] = (FOUR_SIGNALS, ERRORS, RATE_LIMITS, WORKERS, KV_CACHE, LATENCY)
+
+def _ratio(part: str, whole: str) -> str:
+    return f"{_rate(part)} / {_rate(whole)}"
+
+
+ROUTING = Row(
+    "Cache-aware routing",
+    (
+        Panel(
+            "Prefix-cache hit rate: predicted and real",
+            "Predicted: the share of prompt blocks the gateway's prefix index expected the chosen "
+            "worker's KV cache to hold. vLLM: the share of prompt tokens its prefix cache served. "
+            "Far apart: the index is off (cache size, bytes per token); see README.",
+            "percentunit",
+            (
+                Query(
+                    _ratio(
+                        "gateway_prefix_cached_blocks_total", "gateway_prefix_prompt_blocks_total"
+                    ),
+                    "{{model}} predicted",
+                ),
+                Query(
+                    _ratio("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"),
+                    "{{model}} vLLM",
+                ),
+            ),
+            max=1,
+        ),
+        Panel(
+            "Worker choices by reason",
+            "Why each request went where it went: cache (the prefix index's best match), fallback "
+            "(a match overruled by load), load, session, length, only (one worker), retry.",
+            "reqps",
+            (
+                Query(
+                    _rate("gateway_routing_decisions_total", "model, reason"),
+                    "{{model}} {{reason}}",
+                ),
+            ),
+        ),
+    ),
+)
+
+ROWS: tuple[Row, ...] = (
+    FOUR_SIGNALS,
+    ERRORS,
+    RATE_LIMITS,
+    WORKERS,
+    KV_CACHE,
+    LATENCY,
+    ROUTING,
+)
 
 
 def queries() -> list[Query]:

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # what was sent where, shared by the replicas through Redis), unless that worker queues more
     # than the least loaded by more than `prefix_balance` (pressure: the larger of in-flight /
     # cap and vLLM's waiting requests / 5; a saturated worker is never chosen).
-    prefix_routing: bool = False
+    prefix_routing: bool = True
     prefix_block_bytes: Annotated[int, Field(ge=16)] = 512  # ~ one 128-token vLLM block
     prefix_bytes_per_token: Annotated[float, Field(gt=0)] = 4.0
     # A worker's KV cache in tokens when its /metrics has no vllm:cache_config_info.

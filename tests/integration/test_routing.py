@@ -66,7 +66,9 @@ def fleet(tmp: Path, count: int) -> Iterator[Fleet]:
 
 @contextlib.contextmanager
 def gateway(tmp: Path, models: str, env: dict[str, str]) -> Iterator[str]:
-    proc, url = start_gateway(tmp, models, env)
+    # Load and health routing on their own: identical prompts would otherwise follow the
+    # cache-aware index to one worker (tests/integration/test_prefix_routing.py turns it on).
+    proc, url = start_gateway(tmp, models, {"GATEWAY_PREFIX_ROUTING": "false", **env})
     try:
         yield url
     finally:
