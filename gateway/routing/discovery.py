@@ -17,14 +17,14 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from gateway.config.models import ModelsConfig, WorkerConfig, split_host_port
+
+if TYPE_CHECKING:
+    # dnspython is imported when a `dns` worker is first resolved: a gateway without any does
+    # not pay for it at start (each of its processes imports everything again).
+    import dns.asyncresolver
 
 log = logging.getLogger("gateway.discovery")
 
@@ -114,6 +114,9 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 
 
 def make_resolver(nameservers: list[str], timeout: float) -> dns.asyncresolver.Resolver:
+    import dns.asyncresolver
+    import dns.nameserver
+
     resolver = dns.asyncresolver.Resolver(configure=not nameservers)
     if nameservers:
         resolver.nameservers = [
@@ -132,6 +135,10 @@ class ResolveFailed(Exception):
 
 async def resolve(resolver: dns.asyncresolver.Resolver, host: str) -> tuple[str, ...]:
     """Every IPv4 and IPv6 address of `host`, sorted; an IP literal is itself."""
+    import dns.exception
+    import dns.rdatatype
+    import dns.resolver
+
     try:
         return (str(ipaddress.ip_address(host)),)
     except ValueError:
@@ -192,6 +199,8 @@ class Discovery:
             changed = True
         if not targets:
             return changed
+        import dns.exception
+
         try:
             resolver = self._get_resolver()
         except dns.exception.DNSException as exc:  # no /etc/resolv.conf, no nameserver in it

@@ -69,6 +69,7 @@ async def test_workers_follow_dns_answers_under_load(tmp_path: Path) -> None:
             "GATEWAY_DNS_TIMEOUT": "0.5",
             "GATEWAY_HEALTH_INTERVAL": "0.2",
             "GATEWAY_CONFIG_RELOAD_INTERVAL": "0",
+            "GATEWAY_PREFIX_ROUTING": "false",  # one prompt everywhere: spread by load
         }
         gateway, url = start_gateway(tmp_path, models, env)
         names = [f"v@{host}:{port}" for host in HOSTS]

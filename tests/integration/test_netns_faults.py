@@ -166,6 +166,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "GATEWAY_IDLE_TIMEOUT": "2",
                 "GATEWAY_DRAIN_TIMEOUT": "1",
                 "GATEWAY_CONFIG_RELOAD_INTERVAL": "0",
+                "GATEWAY_PREFIX_ROUTING": "false",  # one prompt everywhere: spread by load
                 "GATEWAY_REDIS_TIMEOUT": str(REDIS_TIMEOUT),
             }
             args = [sys.executable, "-m", "gateway", "--config", str(models)]
