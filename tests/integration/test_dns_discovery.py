@@ -66,7 +66,7 @@ async def test_workers_follow_dns_answers_under_load(tmp_path: Path) -> None:
         env = {
             "GATEWAY_DNS_NAMESERVERS": json.dumps([dns_server.nameserver]),
             "GATEWAY_DNS_INTERVAL": "0.2",
-            "GATEWAY_DNS_TIMEOUT": "0.5",
+            "GATEWAY_DNS_TIMEOUT": "2",
             "GATEWAY_HEALTH_INTERVAL": "0.2",
             "GATEWAY_CONFIG_RELOAD_INTERVAL": "0",
             "GATEWAY_PREFIX_ROUTING": "false",  # one prompt everywhere: spread by load
@@ -119,6 +119,9 @@ async def test_workers_follow_dns_answers_under_load(tmp_path: Path) -> None:
 
         assert len(outcomes) > 100
         assert set(outcomes) == {"ok"}, {o: outcomes.count(o) for o in set(outcomes)}
-        log = gateway.output()
-        assert log.count("DNS resolution of worker m/v") == 2  # the failure once, then the recovery
-        assert "works again" in log
+        # Each incident is logged once, and its end once: the outage above, and on a loaded
+        # host maybe a query that timed out on its own.
+        lines = [line for line in gateway.output().splitlines() if "DNS resolution of " in line]
+        kinds = ["works again" in line for line in lines]
+        assert kinds[:2] == [False, True]
+        assert kinds == [False, True] * (len(kinds) // 2)
