@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.config.models import ModelsConfig, WorkerConfig, split_host_port
+from gateway.config.settings import parse_nameserver
 
 if TYPE_CHECKING:
     # dnspython is imported when a `dns` worker is first resolved: a gateway without any does
@@ -96,23 +97,6 @@ def diff(old: Iterable[str], new: Iterable[str]) -> tuple[list[str], list[str]]:
     return sorted(after - before), sorted(before - after)
 
 
-def parse_nameserver(text: str) -> tuple[str, int]:
-    """`ip` or `ip:port` (`[v6]:port`) -> (ip, port); port 53 by default."""
-    text = text.strip()
-    try:
-        return str(ipaddress.ip_address(text)), 53
-    except ValueError:
-        pass
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    try:
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError
-        return str(ipaddress.ip_address(host)), int(port)
-    except ValueError:
-        raise ValueError(f"a DNS nameserver must be ip or ip:port, got {text!r}") from None
-
-
 def make_resolver(nameservers: list[str], timeout: float) -> dns.asyncresolver.Resolver:
     import dns.asyncresolver
     import dns.nameserver
@@ -160,8 +144,8 @@ async def resolve(resolver: dns.asyncresolver.Resolver, host: str) -> tuple[str,
 
 
 class Discovery:
-    """The addresses of every `dns` worker, kept current; `on_change` is called (with no
-    argument) when a round changed any of them."""
+    """The addresses of every `dns` worker, as last resolved; `refresh` says when they changed,
+    and the caller applies them (gateway/reload.py)."""
 
     def __init__(
         self,

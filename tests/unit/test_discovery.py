@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.models import parse_models_config, split_host_port
+from gateway.config.settings import Settings, parse_nameserver
 from gateway.routing import discovery
 from gateway.routing.discovery import (
     Discovery,
@@ -19,7 +20,6 @@ from gateway.routing.discovery import (
     diff,
     dns_targets,
     expand,
-    parse_nameserver,
 )
 from gateway.routing.registry import Registry
 
@@ -105,6 +105,8 @@ def test_nameservers(text: str, expected: tuple[str, int]) -> None:
 def test_bad_nameserver(text: str) -> None:
     with pytest.raises(ValueError, match="ip or ip:port"):
         parse_nameserver(text)
+    with pytest.raises(ValueError, match="ip or ip:port"):  # refused at start, not at a round
+        Settings(dns_nameservers=[text])
 
 
 async def test_a_failure_keeps_the_last_set_and_is_logged_once(
