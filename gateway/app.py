@@ -38,6 +38,7 @@ from gateway.reload import Reloader
 from gateway.request import Endpoint
 from gateway.routing.admission import Dispatcher, QueueSettings
 from gateway.routing.cache_aware import PrefixSettings
+from gateway.routing.discovery import Discovery, expand
 from gateway.routing.ejections import Backoff, Ejections, LocalEjections, RedisEjections
 from gateway.routing.health import Health, HealthSettings
 from gateway.routing.kv_feeds import KvEventFeeds
@@ -225,6 +226,8 @@ def _start_watches(state: AppState, reloader: Reloader) -> list[asyncio.Task[Non
         watches.append(asyncio.create_task(state.keys.watch(settings.keys_reload_interval)))
     if settings.config_reload_interval:
         watches.append(asyncio.create_task(reloader.watch(settings.config_reload_interval)))
+    # Always: a reload may add the first `dns` worker (a round without any costs nothing).
+    watches.append(asyncio.create_task(reloader.discover()))
     return watches
 
 
@@ -270,8 +273,8 @@ def create_app(
         raise ConfigError(f"{source}: invalid worker placement\n  " + "\n  ".join(problems))
     metrics = Metrics()
     keys = _key_store(settings, metrics)  # a missing or broken keys file fails here
-    metrics.prepare(
-        {m.name: [w.name for w in m.workers] for m in models.models},
+    metrics.prepare(  # `dns` workers: once their addresses are known (reload.py)
+        {m.name: [w.name for w in m.workers if w.dns is None] for m in models.models},
         [endpoint.path for endpoint in Endpoint if endpoint.spec.cache_aware],
     )
     if tracing is None and settings.otlp_endpoint:
@@ -279,12 +282,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        state = app.state.gateway = await _build_state(settings, models, keys, metrics)
+        discovery = Discovery(settings.dns_nameservers, settings.dns_interval, settings.dns_timeout)
+        await discovery.refresh(models)  # the `dns` workers' addresses, before the first route
+        resolved = expand(models, discovery.resolved)
+        state = app.state.gateway = await _build_state(settings, resolved, keys, metrics)
         # Startup objects live as long as the process: keep them out of the cyclic GC's scans
         # (bench: full collections paused the loop ~46 ms, about once a second under load).
         gc.collect()
         gc.freeze()
-        watchers = _start_watches(state, reloader := Reloader(state, models_file))
+        reloader = Reloader(state, models_file, discovery, models)
+        if resolved is not models:
+            reloader.apply(models, "DNS workers resolved")  # their metrics series, their log line
+        watchers = _start_watches(state, reloader)
         signals.take_over(
             asyncio.get_running_loop(),
             on_exit=lambda: state.drain.begin(settings.drain_timeout),

@@ -16,6 +16,7 @@ from gateway.config.errors import ConfigError
 from gateway.config.models import ModelsConfig, load_models_config
 from gateway.config.placement import placement_errors
 from gateway.request import Endpoint
+from gateway.routing.discovery import Discovery, expand
 from gateway.routing.registry import Change
 from gateway.state import AppState
 
@@ -39,10 +40,27 @@ def read_models(path: Path) -> ModelsConfig:
 
 
 class Reloader:
-    def __init__(self, state: AppState, path: Path | None) -> None:
+    """Applies a models configuration: the file's, when it changes, and the same again when the
+    DNS answers for its `dns` workers change (one path for both: routing/discovery.py)."""
+
+    def __init__(
+        self,
+        state: AppState,
+        path: Path | None,
+        discovery: Discovery,
+        source: ModelsConfig,
+    ) -> None:
         self._state = state
         self._path = path  # None: the app was given its configuration, not a file
         self._stamp = _stamp(path) if path is not None else None
+        self._discovery = discovery
+        self.source = source  # as written, `dns` workers unresolved
+
+    async def discover(self) -> None:
+        """Follow the DNS answers of the `dns` workers (every GATEWAY_DNS_INTERVAL seconds)."""
+        await self._discovery.watch(
+            lambda: self.source, lambda: self.apply(self.source, "DNS answers changed")
+        )
 
     async def watch(self, interval: float) -> None:
         """Reload the models file whenever it changes (checked every `interval` seconds)."""
@@ -72,12 +90,17 @@ class Reloader:
             metrics.config_reload_errors.labels("models").inc()
             log.error("keeping the running configuration: %s", exc)
             return False
-        self.apply(config)
+        async with self._discovery.lock:
+            await self._discovery.refresh(config)  # new `dns` workers start with addresses
+            self.apply(config)
         metrics.config_reloads.labels("models").inc()
         return True
 
-    def apply(self, config: ModelsConfig) -> None:
+    def apply(self, source: ModelsConfig, why: str = "models file reloaded") -> None:
+        """Make routing follow `source`, its `dns` workers expanded to their known addresses."""
         state = self._state
+        self.source = source
+        config = expand(source, self._discovery.resolved)
         change = state.registry.apply(config)
         state.dispatcher.sync(state.registry)
         state.health.adopt(change.added)
@@ -90,16 +113,16 @@ class Reloader:
         )
         state.config = config
         state.models_body = models_payload(config)
-        _log(change)
+        _log(change, why)
 
 
-def _log(change: Change) -> None:
+def _log(change: Change, why: str) -> None:
     def names(workers: list[str]) -> str:
         return ", ".join(workers) or "none"
 
     log.warning(
-        "models file reloaded; models added: %s; removed: %s; workers added: %s; removed: %s; "
-        "now draining: %s",
+        "%s; models added: %s; removed: %s; workers added: %s; removed: %s; now draining: %s",
+        why,
         names(change.added_models),
         names(change.removed_models),
         names([f"{w.model}/{w.name}" for w in change.added]),

@@ -65,12 +65,16 @@ class Proc:
 
 
 def start_serving(
-    args: list[str], port: int, log: Path, env: Mapping[str, str] | None = None
+    args: list[str],
+    port: int,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> tuple[Proc, str]:
-    """Start a server on `port` and wait for its /health; a server that never comes up is
-    stopped before the error is raised, so no test leaves it behind."""
+    """Start a server on `host`:`port` and wait for its /health; a server that never comes up
+    is stopped before the error is raised, so no test leaves it behind."""
     proc = Proc(args, log, env)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         wait_http(url + "/health", proc.popen)
     except RuntimeError:
@@ -79,10 +83,15 @@ def start_serving(
     return proc, url
 
 
-def start_fake(tmp: Path, model: str, port: int | None = None) -> tuple[Proc, str]:
+def start_fake(
+    tmp: Path, model: str, port: int | None = None, host: str = "127.0.0.1"
+) -> tuple[Proc, str]:
+    """A fake vLLM server; `host` may be any loopback address (127.0.0.0/8), so several share
+    one port as the pods behind a DNS name do."""
     port = port or free_port()
     args = [sys.executable, "-m", "tests.fakes.fake_vllm", "--port", str(port), "--model", model]
-    return start_serving(args, port, tmp / f"fake-{port}.log")
+    args += ["--host", host]
+    return start_serving(args, port, tmp / f"fake-{host}-{port}.log", host=host)
 
 
 def one_worker_models(worker_url: str, model: str = "fake-a") -> str:

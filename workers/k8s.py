@@ -60,7 +60,7 @@ def vllm_name(model: ModelConfig) -> str:
 
 def k8s_errors(config: ModelsConfig) -> list[str]:
     """Problems that only matter in Kubernetes: two models whose object names would be one, and
-    an attached worker named like a vLLM pod (`<statefulset>-<n>`, the gateway's name for it)."""
+    an attached worker named like a model's vLLM Service (the gateway's name for its pods)."""
     first: dict[str, str] = {}
     errors = []
     for index, model in enumerate(config.models):
@@ -71,13 +71,14 @@ def k8s_errors(config: ModelsConfig) -> list[str]:
                 f"models[{index}] (name={model.name}).name: in Kubernetes it becomes {name!r}, "
                 f"as model {earlier!r} does; rename one"
             )
-    pods = re.compile("^(" + "|".join(map(re.escape, first)) + r")-[0-9]+$")
+    services = {vllm_name(model) for model in config.models if launched_count(model) > 0}
     for index, model in enumerate(config.models):
         for w_index, worker in enumerate(model.workers):
-            if not worker.launched and pods.match(worker.name):
+            if not worker.launched and worker.name in services:
                 errors.append(
                     f"models[{index}] (name={model.name}).workers[{w_index}] (name={worker.name})"
-                    ".name: in Kubernetes a vLLM pod has this name; rename the worker"
+                    ".name: in Kubernetes the gateway gives a model's vLLM pods this name; "
+                    "rename the worker"
                 )
     return errors
 
@@ -91,10 +92,11 @@ def launched_count(model: ModelConfig) -> int:
     return sum(1 for worker in model.workers if worker.launched)
 
 
-def pod_url(model: ModelConfig, index: int) -> str:
-    """A StatefulSet pod's stable address: `<pod>.<headless service>`, in the same namespace."""
-    name = vllm_name(model)
-    return f"http://{name}-{index}.{name}:{VLLM_PORT}"
+def service_dns(model: ModelConfig) -> str:
+    """What the gateway resolves to find the model's vLLM pods: its headless Service, whose name
+    has one A record per ready pod (in the same namespace: the pod's DNS search list completes
+    it)."""
+    return f"{vllm_name(model)}:{VLLM_PORT}"
 
 
 def http_probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:

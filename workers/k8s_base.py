@@ -9,7 +9,6 @@ from typing import Any
 
 from gateway.config.models import ModelsConfig
 from workers.k8s import (
-    GATEWAY,
     NAMESPACE,
     PART_OF,
     VLLM_SELECTOR,
@@ -27,14 +26,12 @@ from workers.k8s_gateway import (
     gateway_models,
     gateway_pdb,
     gateway_service,
-    models_checksum,
     models_configmap,
     redis_network_policy,
     vllm_network_policy,
 )
 from workers.k8s_monitoring import (
     dashboard_configmap,
-    keda_max_replicas,
     pod_monitor,
     prometheus_rule,
     scaled_object,
@@ -97,7 +94,8 @@ def _gateway(config: ModelsConfig) -> list[Manifest]:
         Manifest(
             "gateway-models.yaml",
             models_configmap(models_yaml),
-            "The gateway's models.yaml: each vLLM pod is a worker at its stable DNS name.",
+            "The gateway's models.yaml: each model's vLLM pods are found through its headless "
+            "Service (DNS).",
         ),
         Manifest(
             "gateway-deployment.yaml",
@@ -155,31 +153,6 @@ def kustomization(manifests: list[Manifest]) -> dict[str, Any]:
     }
 
 
-def _keda_gateway(config: ModelsConfig) -> list[Manifest]:
-    """Until the gateway follows a Service's addresses, it is told of every pod KEDA may start;
-    pods not running are workers it sees as down and sends nothing."""
-    replicas = {model.name: keda_max_replicas(model) for model in config.models}
-    models_yaml = gateway_models(config, replicas)
-    checksum = {"template": {"metadata": {"annotations": models_checksum(models_yaml)}}}
-    return [
-        Manifest(
-            "gateway-models.yaml",
-            models_configmap(models_yaml),
-            "Replaces the gateway's models.yaml: every vLLM pod up to KEDA's maximum.",
-        ),
-        Manifest(
-            "gateway-checksum.yaml",
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": GATEWAY},
-                "spec": checksum,
-            },
-            "Restarts the gateway pods when the models file above changes.",
-        ),
-    ]
-
-
 def keda_manifests(config: ModelsConfig) -> list[Manifest]:
     """The KEDA component's files, paths under deploy/k8s/ (its kustomization comes last)."""
     scaled = [
@@ -191,7 +164,6 @@ def keda_manifests(config: ModelsConfig) -> list[Manifest]:
         for model in config.models
         if launched_count(model) > 0
     ]
-    patches = [Manifest(f"{KEDA_DIR}/{m.path}", m.document, m.about) for m in _keda_gateway(config)]
     # KEDA owns the vLLM replica counts: an apply of the base must not reset them.
     drop_replicas = {
         "target": {"kind": "StatefulSet", "labelSelector": _selector(VLLM_SELECTOR)},
@@ -201,11 +173,11 @@ def keda_manifests(config: ModelsConfig) -> list[Manifest]:
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
         "resources": [m.path.removeprefix(f"{KEDA_DIR}/") for m in scaled],
-        "patches": [{"path": m.path.removeprefix(f"{KEDA_DIR}/")} for m in patches]
-        + [drop_replicas],
+        # The gateway follows each model's Service (DNS), so its models file stays as it is.
+        "patches": [drop_replicas],
     }
     about = "Optional KEDA autoscaling of the vLLM pods: add as a component in an overlay."
-    return [*scaled, *patches, Manifest(f"{KEDA_DIR}/kustomization.yaml", component, about)]
+    return [*scaled, Manifest(f"{KEDA_DIR}/kustomization.yaml", component, about)]
 
 
 def _selector(match: dict[str, str]) -> str:

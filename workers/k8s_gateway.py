@@ -6,7 +6,6 @@ Pure: each function returns one object as plain dicts.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -23,10 +22,10 @@ from workers.k8s import (
     labels,
     launched_count,
     metadata,
-    pod_url,
     restricted_container,
     restricted_pod,
     service,
+    service_dns,
     vllm_name,
 )
 from workers.lifecycle import GATEWAY_DRAIN_SECONDS, GATEWAY_STOP_GRACE_SECONDS
@@ -50,18 +49,22 @@ CPU_TARGET_PERCENT = 70
 GATEWAY_UID = 10001
 
 
-def gateway_models(config: ModelsConfig, replicas: Mapping[str, int] | None = None) -> str:
-    """The models.yaml the gateway reads in the cluster: each launched worker becomes an attached
-    one at a vLLM pod's stable name; attached workers stay as they are.
+def gateway_models(config: ModelsConfig) -> str:
+    """The models.yaml the gateway reads in the cluster: a model's launched workers become one
+    `dns` worker, its vLLM headless Service, so the gateway follows the pods as they come and go
+    (the StatefulSet's replicas, or KEDA); attached workers stay as they are.
 
-    `replicas` (model name -> pods) overrides the count of launched workers. The one place that
-    says how the gateway finds vLLM pods.
+    The one place that says how the gateway finds vLLM pods.
     """
     models = []
     for model in config.models:
-        count = (replicas or {}).get(model.name, launched_count(model))
-        pods = [{"name": f"{vllm_name(model)}-{i}", "url": pod_url(model, i)} for i in range(count)]
-        attached = [{"name": w.name, "url": w.url} for w in model.workers if w.url is not None]
+        found = [{"name": vllm_name(model), "dns": service_dns(model)}]
+        pods = found if launched_count(model) > 0 else []
+        attached = [
+            w.model_dump(mode="json", exclude_defaults=True)
+            for w in model.workers
+            if not w.launched
+        ]
         fields = model.model_dump(mode="json", exclude_defaults=True, exclude={"workers"})
         models.append({**fields, "workers": pods + attached})
     return yaml.safe_dump({"models": models}, sort_keys=False, width=1000)

@@ -13,6 +13,7 @@ from workers.k8s import (
     GATEWAY,
     MODEL_ANNOTATION,
     PART_OF,
+    VLLM_PORT,
     VLLM_SELECTOR,
     labels,
     launched_count,
@@ -55,7 +56,8 @@ def service_monitor() -> dict[str, Any]:
 
 def pod_monitor() -> dict[str, Any]:
     """Prometheus scrapes every vLLM pod's /metrics, labelled `model` and `worker` as the gateway
-    labels its own series, so the dashboard can put the two side by side."""
+    labels its own series (`worker`: `vllm-<model>@<pod ip>:<port>`, the name discovery gives
+    each address), so the dashboard can put the two side by side."""
     annotation = "__meta_kubernetes_pod_annotation_" + "".join(
         c if c.isalnum() else "_" for c in MODEL_ANNOTATION
     )
@@ -66,7 +68,17 @@ def pod_monitor() -> dict[str, Any]:
         "relabelings": [
             _job("vllm"),
             {"sourceLabels": [annotation], "targetLabel": "model"},
-            {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "worker"},
+            # The gateway's name for the pod, found through the Service's DNS: <service>@<ip>:<port>
+            {
+                "sourceLabels": [
+                    "__meta_kubernetes_pod_label_app_kubernetes_io_instance",
+                    "__meta_kubernetes_pod_ip",
+                ],
+                "separator": "@",
+                "regex": "(.+)",
+                "replacement": f"$1:{VLLM_PORT}",
+                "targetLabel": "worker",
+            },
         ],
     }
     return {

@@ -1,5 +1,6 @@
 """Build deploy/prometheus/prometheus.yml from configs/models.yaml: scrape the gateway, every
-worker's /metrics (launched and attached) and the DCGM exporter (GPU memory), and load the alert
+worker's /metrics (launched and attached; a `dns` worker's every address, through
+dns_sd_configs) and the DCGM exporter (GPU memory), and load the alert
 rules (deploy/prometheus/alerts.yml). Pure: plain dicts.
 
 The same function builds the live monitoring test's configuration, with `Scrape` pointing it at
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig
+from gateway.config.models import ModelConfig, ModelsConfig, WorkerConfig, split_host_port
 from workers.compose import DCGM_EXPORTER_PORT, GATEWAY_PORT
 
 # Relative paths are resolved from the config file's directory: deploy/prometheus here, and
@@ -48,14 +49,36 @@ def _worker_target(model: ModelConfig, worker: WorkerConfig) -> dict[str, Any]:
     return {"targets": [target], "labels": labels}
 
 
+def _dns_job(model: ModelConfig, worker: WorkerConfig) -> dict[str, Any]:
+    """A `dns` worker: every address its name resolves to, as the gateway sees them. Labels as
+    the gateway's own series: `worker` is `<name>@<ip>:<port>`, the job is `vllm`."""
+    host, port = split_host_port(worker.dns or "")
+    return {
+        "job_name": f"vllm-dns-{model.name}-{worker.name}",
+        "dns_sd_configs": [{"names": [host], "type": "A", "port": port}],
+        "relabel_configs": [
+            {"target_label": "job", "replacement": "vllm"},
+            {"target_label": "model", "replacement": model.name},
+            {
+                "source_labels": ["__address__"],
+                "target_label": "worker",
+                "replacement": f"{worker.name}@$1",
+            },
+        ],
+    }
+
+
 def prometheus_document(config: ModelsConfig, scrape: Scrape = Scrape()) -> dict[str, Any]:
-    workers = [_worker_target(m, w) for m in config.models for w in m.workers]
+    pairs = [(m, w) for m in config.models for w in m.workers]
+    workers = [_worker_target(m, w) for m, w in pairs if w.dns is None]
+    found = [_dns_job(m, w) for m, w in pairs if w.dns is not None]
     return {
         "global": {"scrape_interval": scrape.interval, "evaluation_interval": scrape.interval},
         "rule_files": list(scrape.rule_files),
         "scrape_configs": [
             {"job_name": "gateway", "static_configs": [{"targets": [scrape.gateway]}]},
             {"job_name": "vllm", "static_configs": workers},
+            *found,
             {"job_name": "dcgm", "static_configs": [{"targets": [scrape.dcgm]}]},
         ],
     }

@@ -17,7 +17,9 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 
 
 class WorkerConfig(BaseModel):
-    """One vLLM OpenAI server: either launched by us on `gpus`, or attached by `url`."""
+    """One vLLM OpenAI server: launched by us on `gpus`, attached by `url`, or every address a
+    DNS name resolves to (`dns: "host:port"`, e.g. a Kubernetes headless Service: one worker
+    per address, followed as it changes; gateway/routing/discovery.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,6 +27,7 @@ class WorkerConfig(BaseModel):
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     url: str | None = None
+    dns: str | None = None
     # Maintenance: the gateway sends it no new requests; those in flight finish (applied on
     # reload: SIGHUP or a change of the file).
     drain: bool = False
@@ -36,20 +39,49 @@ class WorkerConfig(BaseModel):
             raise ValueError("url must start with http:// or https://")
         return value.rstrip("/") if value is not None else None
 
+    @field_validator("dns")
+    @classmethod
+    def _dns_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)  # ValueError says what is wrong
+        return value
+
     @model_validator(mode="after")
     def _launched_or_attached(self) -> WorkerConfig:
-        if self.url is not None:
+        if self.dns is not None:
+            if self.url is not None:
+                raise ValueError("a worker has either `url` or `dns`, not both")
+            if self.gpus is not None or self.port is not None:
+                raise ValueError(
+                    "a worker with `dns` is attached, not launched: drop `gpus`/`port` "
+                    "(the port goes in `dns: host:port`)"
+                )
+        elif self.url is not None:
             if self.gpus is not None or self.port is not None:
                 raise ValueError(
                     "a worker with `url` is attached, not launched: drop `gpus`/`port`"
                 )
         elif self.gpus is None or self.port is None:
-            raise ValueError("a worker needs either `url`, or both `gpus` and `port`")
+            raise ValueError("a worker needs `url`, `dns`, or both `gpus` and `port`")
         return self
 
     @property
     def launched(self) -> bool:
-        return self.url is None
+        return self.url is None and self.dns is None
+
+
+def split_host_port(target: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 address in brackets: `[::1]:8000`) -> (host, port)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"dns must be host:port, got {target!r} (the port is required)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"dns must be host:port with a port in 1-65535, got {target!r}")
+    if not host or any(c in host for c in "/ []@"):
+        raise ValueError(f"dns must be host:port, got {target!r}")
+    return host, int(port)
 
 
 class AdapterConfig(BaseModel):

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Seconds = Annotated[float, Field(gt=0)]
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """A DNS nameserver, `ip` or `ip:port` (`[v6]:port`) -> (ip, port); port 53 by default."""
+    text = text.strip()
+    try:
+        return str(ipaddress.ip_address(text)), 53
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        raise ValueError(f"a DNS nameserver must be ip or ip:port, got {text!r}") from None
 
 
 class Settings(BaseSettings):
@@ -28,6 +46,20 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     # Gateway processes sharing the port (uvicorn workers); about one per core.
     processes: Annotated[int, Field(ge=1, le=256)] = 1
+
+    # Workers given as `dns: host:port` in models.yaml: resolved again every `dns_interval`
+    # seconds (each address is a worker), each query given `dns_timeout` seconds. Nameservers
+    # (ip or ip:port, a JSON list) instead of /etc/resolv.conf's; empty: /etc/resolv.conf.
+    dns_interval: Seconds = 5.0
+    dns_timeout: Seconds = 2.0
+    dns_nameservers: list[str] = []
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameservers_are_addresses(cls, value: list[str]) -> list[str]:
+        for nameserver in value:
+            parse_nameserver(nameserver)  # ValueError names the bad one
+        return value
 
     # How the gateway reaches a worker it launched (`gpus` + `port` in models.yaml). In compose each
     # worker is its own host, so there it is "http://{name}:{port}".

@@ -71,10 +71,25 @@ class Health:
             self._show(worker)
 
     def adopt(self, workers: list[Worker]) -> None:
-        """Workers a reload added: like those at start, down until a probe says otherwise."""
+        """Workers a reload (or a DNS answer) added: like those at start, down until a probe
+        says otherwise; probed at once rather than at the next round, so they take traffic
+        within a probe's time (a whole set replaced at once leaves no longer gap)."""
         for worker in workers:
             worker.up = not self.settings.interval
             self._show(worker)
+        if self.settings.interval and workers:
+            self._spawn(self._welcome(workers))
+
+    async def _welcome(self, workers: list[Worker]) -> None:
+        await asyncio.gather(*(self._probe(w) for w in workers))
+        routes = {}
+        for worker in workers:
+            route = self._registry.route(worker.model)
+            if route is not None and worker in route.workers:  # not removed meanwhile
+                self._show(worker)
+                routes[route.name] = route
+        for route in routes.values():
+            self._on_change(route)
 
     # --- passive -----------------------------------------------------------------------------
 

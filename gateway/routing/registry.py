@@ -176,7 +176,7 @@ class Registry:
         if route.prefix is not None:
             for slot in freed:
                 route.prefix.forget(slot)
-            route.prefix.grow(max(w.slot for w in route.workers) + 1)
+            route.prefix.grow(max((w.slot for w in route.workers), default=0) + 1)
         elif self._prefix is not None and len(route.workers) > 1:
             slots = max(w.slot for w in route.workers) + 1
             route.prefix = PrefixRouting.for_workers(slots, self._prefix)

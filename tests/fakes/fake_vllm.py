@@ -25,7 +25,7 @@ POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"status": 503}                            every completion answers this error
   {"adapters": ["a"]}                        the LoRA adapters it has loaded (/v1/models)
   {"reset": true}                            zero the stats
-Run: python -m tests.fakes.fake_vllm --port P [--model NAME]
+Run: python -m tests.fakes.fake_vllm --port P [--model NAME] [--host ADDRESS]
 """
 
 from __future__ import annotations
@@ -372,9 +372,9 @@ async def _wait_or_peer_gone(reader: asyncio.StreamReader, seconds: float) -> No
                 raise PeerGone
 
 
-async def serve(port: int, model: str) -> None:
+async def serve(port: int, model: str, host: str = "127.0.0.1") -> None:
     fake = FakeVLLM(model)
-    server = await asyncio.start_server(fake.handle, "127.0.0.1", port)
+    server = await asyncio.start_server(fake.handle, host, port)
     async with server:
         await server.serve_forever()
 
@@ -383,8 +383,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="fake")
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.model))
+    asyncio.run(serve(args.port, args.model, args.host))
 
 
 if __name__ == "__main__":

@@ -197,16 +197,17 @@ def test_dollar_signs_in_vllm_args_reach_vllm_literally(tmp_path: Path) -> None:
 # --- the gateway's models.yaml ---------------------------------------------------------------
 
 
-def test_gateway_reaches_each_vllm_pod_at_its_stable_dns_name() -> None:
+def test_gateway_follows_each_models_vllm_pods_through_its_headless_service() -> None:
     docs = objects(render_files(EXAMPLE_8_GPU))
     models = gateway_models(docs)
     llama = models["llama-3.1-8b-instruct"]
     name = "vllm-llama-3-1-8b-instruct"
-    assert [(w.name, w.url) for w in llama.workers] == [
-        (f"{name}-{i}", f"http://{name}-{i}.{name}:8000") for i in range(4)
-    ]
+    # One `dns` worker: every address of the Service is a worker (the pods the StatefulSet, or
+    # KEDA, runs), found again every GATEWAY_DNS_INTERVAL seconds.
+    assert [(w.name, w.dns, w.url) for w in llama.workers] == [(name, f"{name}:8000", None)]
     service = docs[("Service", name)]["spec"]
-    assert service["clusterIP"] == "None"  # headless: one DNS name per pod
+    assert service["clusterIP"] == "None"  # headless: one A record per ready pod
+    assert not service.get("publishNotReadyAddresses")  # a pod not ready is not an address
     statefulset = docs[("StatefulSet", name)]["spec"]
     assert statefulset["serviceName"] == name
     assert service["selector"] == statefulset["template"]["metadata"]["labels"]
@@ -240,9 +241,9 @@ models:
 """,
     )
     models = gateway_models(docs)
-    assert [w.url for w in models["m"].workers] == [
-        "http://vllm-m-0.vllm-m:8000",
-        "https://vllm.example:8443",
+    assert [(w.dns, w.url) for w in models["m"].workers] == [
+        ("vllm-m:8000", None),
+        (None, "https://vllm.example:8443"),
     ]
     assert [w.url for w in models["remote-only"].workers] == ["http://10.0.0.7:8000"]
     assert {name for kind, name in docs if kind == "StatefulSet"} == {"vllm-m", "redis"}
@@ -256,10 +257,10 @@ models:
             " {name: a-b, model: x, workers: [{name: w1, gpus: [1], port: 8102}]}]",
             r"models\[1\] \(name=a-b\).name: .*'vllm-a-b'",
         ),
-        (  # an attached worker with the name the gateway gives a vLLM pod
+        (  # an attached worker with the name the gateway gives a model's vLLM pods
             "[{name: m, model: x, workers: [{name: w0, gpus: [0], port: 8101},"
-            " {name: vllm-m-1, url: 'http://10.0.0.7:8000'}]}]",
-            r"workers\[1\] \(name=vllm-m-1\).name: .*vLLM pod",
+            " {name: vllm-m, url: 'http://10.0.0.7:8000'}]}]",
+            r"workers\[1\] \(name=vllm-m\).name: .*vLLM pods",
         ),
     ],
     ids=["model-names", "worker-name"],
@@ -283,4 +284,4 @@ def test_a_long_model_name_is_cut_to_a_statefulset_name_with_a_hash(tmp_path: Pa
     (name,) = [n for kind, n in docs if kind == "StatefulSet" and n != "redis"]
     assert len(name) <= 52  # pods' controller-revision-hash label must fit in 63 characters
     assert name.startswith("vllm-mmm")
-    assert [w.name for w in gateway_models(docs)[long].workers] == [f"{name}-0"]
+    assert [w.dns for w in gateway_models(docs)[long].workers] == [f"{name}:8000"]

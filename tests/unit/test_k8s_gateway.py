@@ -18,7 +18,6 @@ from tests.k8s_manifests import (
     ROOT,
     Docs,
     container_of,
-    gateway_models,
     objects,
     objects_in,
     render_files,
@@ -178,7 +177,13 @@ def test_monitors_scrape_gateway_and_vllm_with_the_alerts_job_and_model_labels()
     assert pods["selector"]["matchLabels"].items() <= template["labels"].items()
     relabel = {r["targetLabel"]: r for r in pods["podMetricsEndpoints"][0]["relabelings"]}
     assert relabel["job"]["replacement"] == "vllm"
-    assert relabel["worker"]["sourceLabels"] == ["__meta_kubernetes_pod_name"]
+    # The gateway's name for an address it found through the Service: vllm-<model>@<ip>:8000.
+    assert relabel["worker"]["sourceLabels"] == [
+        "__meta_kubernetes_pod_label_app_kubernetes_io_instance",
+        "__meta_kubernetes_pod_ip",
+    ]
+    assert (relabel["worker"]["separator"], relabel["worker"]["replacement"]) == ("@", "$1:8000")
+    assert "app.kubernetes.io/instance" in template["labels"]
     (annotation,) = template["annotations"]  # the served name, any characters
     assert template["annotations"][annotation] == "qwen2.5-1.5b-instruct"
     assert relabel["model"]["sourceLabels"] == [
@@ -213,9 +218,11 @@ def test_keda_scales_each_models_statefulset_on_its_gateway_demand() -> None:
     query = trigger["metadata"]["query"]
     assert 'sum(gateway_queue_depth{model="llama-3.1-8b-instruct"})' in query
     assert 'gateway_worker_inflight{model="llama-3.1-8b-instruct"}' in query
-    # Until the gateway follows DNS, the component lists every pod KEDA may start.
-    keda_models = gateway_models(objects(files, keda=True))
-    assert len(keda_models["llama-3.1-8b-instruct"].workers) == 8
+    # The gateway follows the Service's addresses (DNS): KEDA's pods need no models file of
+    # their own, so the component leaves the gateway alone.
+    assert ("ConfigMap", "gateway-models") not in objects(files, keda=True)
+    component = yaml.safe_load(files[K8S_DIR / "keda" / "kustomization.yaml"])
+    assert [p["target"]["kind"] for p in component["patches"]] == ["StatefulSet"]
 
 
 def test_keda_queries_only_series_the_gateway_exports() -> None:

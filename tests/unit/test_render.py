@@ -244,6 +244,31 @@ models:
     assert targets["[fd00::7]:80"]["__metrics_path__"] == "/metrics"
 
 
+def test_dns_workers_are_scraped_at_every_address(tmp_path: Path) -> None:
+    deployment = _deployment_in(
+        tmp_path,
+        """
+models:
+  - name: m
+    model: x
+    workers:
+      - {name: m-0, gpus: [0], port: 8101}
+      - {name: pool, dns: "vllm.example:8000"}
+""",
+    )
+    jobs = yaml.safe_load(render_all(deployment)[PROMETHEUS_FILE])["scrape_configs"]
+    (vllm,) = [j for j in jobs if j["job_name"] == "vllm"]
+    assert [c["labels"]["worker"] for c in vllm["static_configs"]] == ["m-0"]
+    (found,) = [j for j in jobs if "dns_sd_configs" in j]
+    assert found["dns_sd_configs"] == [{"names": ["vllm.example"], "type": "A", "port": 8000}]
+    relabel = {r["target_label"]: r for r in found["relabel_configs"]}
+    assert relabel["job"]["replacement"] == "vllm"
+    assert relabel["model"]["replacement"] == "m"
+    # The gateway's name for the address: pool@10.0.0.5:8000 for the target 10.0.0.5:8000.
+    assert relabel["worker"]["source_labels"] == ["__address__"]
+    assert relabel["worker"]["replacement"] == "pool@$1"
+
+
 def test_dollar_signs_in_vllm_args_reach_vllm_literally(tmp_path: Path) -> None:
     deployment = _deployment_in(
         tmp_path,
