@@ -42,11 +42,19 @@ $(VLLM_VENV)/.installed: $(VERSIONS_FILE)
 run: venv vllm-venv
 	$(PY) -m workers run --config $(CONFIG)
 
-# wrk (Debian) drives the non-streaming load of the benchmark and of its smoke test; Debian's
-# prometheus package gives the suite promtool (alert rule checks and unit tests) and the real
-# Prometheus server of the live monitoring test.
+# wrk (Debian) drives the non-streaming load of the benchmark and of its smoke test; nginx-light
+# is the bench's plain-proxy reference (python -m bench --nginx), installed with a policy-rc.d
+# that keeps apt from starting its service; Debian's prometheus package gives the suite promtool
+# (alert rule checks and unit tests) and the real Prometheus server of the live monitoring test.
 tools:
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	test -x /usr/sbin/nginx || ( \
+		apt-get update -q && \
+		if [ -e /usr/sbin/policy-rc.d ]; then own=; else own=1; \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+			chmod +x /usr/sbin/policy-rc.d; fi; \
+		apt-get install -y -q --no-install-recommends nginx-light; status=$$?; \
+		if [ -n "$$own" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$status)
 	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		(apt-get update -q && apt-get install -y -q --no-install-recommends prometheus)
 

@@ -3,7 +3,9 @@
 `python -m bench streams5k` runs the 5,000-open-streams test instead (bench/streams5k.py);
 `python -m bench soak --minutes N` a long mixed run watching memory and open files
 (bench/soak.py); `python -m bench prefix` only the in-process cost of the cache-aware routing index
-(bench/prefix_cost.py, also appended to every report).
+(bench/prefix_cost.py, also appended to every report); `python -m bench fleet` the streaming
+rate one gateway process (and two) sustains (bench/fleet.py); `python -m bench profile` where a
+gateway process spends its CPU under paced streams (bench/profile.py, py-spy).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import prefix_cost, report
+from bench import nginx, prefix_cost, report
 from bench.loads import run_streamload, run_wrk
 from bench.procs import ROOT, Service, start_upstream
 from bench.scenarios import SCENARIOS, LoadPlan, Run, run_once
@@ -94,6 +96,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also measure bench/floor_relay.py, a 30-line relay: the least our stack can cost",
     )
+    parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="also measure nginx as a plain proxy (bench/nginx.py; skipped with a note if absent)",
+    )
     parser.add_argument("--chunks", type=int, default=32, help="chunks per stream")
     parser.add_argument("--gap-ms", type=float, default=10.0, help="ms between chunks")
     parser.add_argument("--concurrency", type=int, default=64, help="c of the c64 and stream runs")
@@ -116,8 +123,10 @@ def configurations(args: argparse.Namespace) -> list[GatewayConfig]:
         return [GatewayConfig(args.label, common, args.processes)]
     configs = [parse_config_set(spec, common, args.processes) for spec in args.config_set]
     labels = [config.label for config in configs]
-    if len(set(labels)) != len(labels) or {"direct", "floor"} & set(labels):
-        raise SystemExit(f"config set names must be unique, not 'direct' or 'floor': {labels}")
+    if len(set(labels)) != len(labels) or {"direct", "floor", nginx.LABEL} & set(labels):
+        raise SystemExit(
+            f"config set names must be unique, not 'direct', 'floor' or 'nginx': {labels}"
+        )
     return configs
 
 
@@ -144,6 +153,10 @@ def machine() -> str:
     )
 
 
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def header(args: argparse.Namespace, configs: list[GatewayConfig], stamp: str) -> list[str]:
     lines = [
         f"- date: {stamp} UTC; git {git_revision()}",
@@ -156,6 +169,7 @@ def header(args: argparse.Namespace, configs: list[GatewayConfig], stamp: str) -
         f"chunks, one engine step every {args.gap_ms:g} ms, then the usage chunk and [DONE]",
         "- load: wrk (bench/post.lua) for non-streaming, bench/streamload.py for streams; "
         "every response checked",
+        *([f"- `nginx`: {nginx.describe()}, pinned like the gateway"] if args.nginx else []),
         "- gateway configurations:",
         *(f"  - {config.describe()}" for config in configs),
     ]
@@ -206,6 +220,10 @@ def measure(args: argparse.Namespace, configs: list[GatewayConfig], logs: Path) 
         upstream, upstream_url = start_upstream(logs, args.load_cpus, args.chunks, args.gap_ms)
         services.append(upstream)
         targets = [Target(report.DIRECT, upstream_url)]
+        if args.nginx:
+            proxy, url = nginx.start_nginx(upstream_url, args.gateway_cpus, logs)
+            services.append(proxy)
+            targets.append(Target(nginx.LABEL, url, proxy))
         for config in configs:
             gateway, url = start_gateway(
                 config, upstream_url, args.gateway_cpus, logs, plan.api_key
@@ -223,7 +241,7 @@ def measure(args: argparse.Namespace, configs: list[GatewayConfig], logs: Path) 
                     run = run_once(scenario, target, upstream, plan, repetition)
                     runs.append(run)
                     print(
-                        f"  {scenario:6} rep {repetition + 1}/{args.repeat} {target.name:12} "
+                        f"  {scenario:9} rep {repetition + 1}/{args.repeat} {target.name:12} "
                         f"{run.requests_per_s:9.0f} req/s  invalid {run.load.invalid}",
                         file=sys.stderr,
                     )
@@ -246,12 +264,25 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         return soak.main(argv[1:])
+    if argv[:1] == ["fleet"]:
+        from bench import fleet
+
+        return fleet.main(argv[1:])
+    if argv[:1] == ["profile"]:
+        from bench import profile
+
+        return profile.main(argv[1:])
     args = parse_args(argv)
     missing = missing_tools()
     if missing:
         print("bench: missing tools: " + "; ".join(missing), file=sys.stderr)
         return 2
     configs = configurations(args)
+    notes: list[str] = []
+    if args.nginx and nginx.available() is None:
+        args.nginx = False
+        notes.append("- nginx: not installed (make tools installs nginx-light), not measured")
+        print("bench: nginx is not installed; measuring without it", file=sys.stderr)
     if args.floor:
         configs.append(FLOOR)
     now = datetime.now(UTC)
@@ -261,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: logs in {logs}", file=sys.stderr)
     runs = measure(args, configs, logs)
     plan = load_plan(args, logs)
-    targets = [report.DIRECT, *(config.label for config in configs)]
-    text = report.render(header(args, configs, now.strftime("%Y-%m-%d %H:%M")), runs, targets, plan)
+    targets = [report.DIRECT, *([nginx.LABEL] if args.nginx else [])]
+    targets += [config.label for config in configs]
+    lines = header(args, configs, now.strftime("%Y-%m-%d %H:%M")) + notes
+    lines.append(f"- load average at the start (1, 5, 15 min): {load_average()}")
+    text = report.render(lines, runs, targets, plan)
     text += "\n" + prefix_cost.report()
     result = args.out / f"results-{stamp}.md"
     result.write_text(text)

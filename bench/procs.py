@@ -115,13 +115,18 @@ class Service:
     """A server process pinned to CPUs, its output in a log file; stopped by its own PID."""
 
     def __init__(
-        self, name: str, args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        args: Sequence[str],
+        log: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.log = log
         self._out = log.open("wb")
         self.popen = subprocess.Popen(
-            args, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, env=dict(env or os.environ)
+            args, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT, env=dict(env or os.environ)
         )
 
     @property

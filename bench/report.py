@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from bench.scenarios import LoadPlan, Run
+from bench.scenarios import PACED, LoadPlan, Run, offered_chunks_per_s
 from bench.stats import Spread
 
 DIRECT = "direct"
@@ -24,7 +24,7 @@ def _added(gateway: Sequence[Run], direct: Sequence[Run], metric: Metric, digits
     by_rep = {run.repetition: metric(run) for run in direct}
     deltas = [metric(run) - by_rep[run.repetition] for run in gateway if run.repetition in by_rep]
     spread = Spread.of(deltas)
-    return "-" if math.isnan(spread.median) else "+" + spread.format(digits).replace("+-", "-")
+    return "-" if math.isnan(spread.median) else ("+" + spread.format(digits)).replace("+-", "-")
 
 
 def _invalid(runs: Sequence[Run]) -> str:
@@ -33,7 +33,9 @@ def _invalid(runs: Sequence[Run]) -> str:
 
 
 def _target_name(target: str) -> str:
-    return "direct to upstream" if target == DIRECT else f"gateway `{target}`"
+    if target == DIRECT:
+        return "direct to upstream"
+    return "nginx (plain proxy)" if target == "nginx" else f"gateway `{target}`"
 
 
 Column = tuple[str, Metric, int]
@@ -64,12 +66,25 @@ _COLUMNS: dict[str, list[Column]] = {
         ("load-side CPU %", lambda r: r.load_side_cpu_pct, 0),
     ],
 }
+_PACED_COLUMNS: list[Column] = [
+    ("chunks/s", lambda r: r.chunks_per_s, 0),
+    ("% of offered", lambda r: 100 * r.chunks_per_s / r.offered_chunks_per_s, 0),
+    ("TTFT p50 ms", lambda r: r.load.ttft_p50_ms, 2),
+    ("TTFT p99 ms", lambda r: r.load.ttft_p99_ms, 2),
+    ("gateway CPU µs/chunk", lambda r: r.cpu_us_per_chunk, 1),
+    ("gateway CPU µs/stream", lambda r: r.cpu_us_per_request, 0),
+    ("gateway CPU % (1 core = 100)", lambda r: r.gateway_cpu_pct, 0),
+    ("load-side CPU %", lambda r: r.load_side_cpu_pct, 0),
+]
+_COLUMNS["paced128"] = _COLUMNS["paced1024"] = _PACED_COLUMNS
 
 # Which columns get an "added by the gateway" row, and from which metric.
 _ADDED: dict[str, set[str]] = {
     "c1": {"p50 ms", "p99 ms"},
     "c64": {"p50 ms", "p99 ms"},
     "stream": {"TTFT p50 ms", "TTFT p99 ms"},
+    "paced128": {"TTFT p50 ms", "TTFT p99 ms"},
+    "paced1024": {"TTFT p50 ms", "TTFT p99 ms"},
 }
 
 
@@ -105,6 +120,12 @@ def titles(plan: LoadPlan) -> dict[str, str]:
         "c64": f"c={plan.high_concurrency}, non-streaming: throughput and CPU per request",
         "stream": f"c={plan.high_concurrency}, streaming {plan.chunks} chunks (+ usage chunk): "
         "relay cost and TTFT",
+        **{
+            name: f"{streams} paced streams of {plan.chunks} chunks (+ usage), one chunk per "
+            f"stream every {plan.gap_ms:g} ms; offered "
+            f"{offered_chunks_per_s(streams, plan.chunks, plan.gap_ms):,.0f} chunks/s"
+            for name, streams in PACED.items()
+        },
     }
 
 

@@ -1,7 +1,10 @@
 """The scenarios; one run = one load against one target, with CPU time read around it.
 
 c1: c=1 non-streaming (latency); c64: c=64 non-streaming (throughput, CPU per request);
-stream: c=64 SSE streams (chunks/s, TTFT, CPU per chunk and per stream).
+stream: c=64 SSE streams (chunks/s, TTFT, CPU per chunk and per stream);
+paced128, paced1024: 128 or 1,024 open streams, each getting one chunk per engine step (every
+--gap-ms) from the fake upstream: the fleet-scale case, where chunks are small and many and the
+gateway's cost per chunk and the TTFT it adds under that load are what count.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from bench.loads import LoadResult, run_streamload, run_wrk
 from bench.procs import Service, children_cpu_seconds, cpu_seconds, machine_busy_seconds
 from bench.targets import Target
 
-SCENARIOS = ("c1", "c64", "stream")
+SCENARIOS = ("c1", "c64", "stream", "paced128", "paced1024")
+PACED = {"paced128": 128, "paced1024": 1024}  # open streams of the paced scenarios
+
+
+def offered_chunks_per_s(streams: int, chunks: int, gap_ms: float) -> float:
+    """The chunk rate `streams` back-to-back streams offer: each carries chunks + 1 events (the
+    usage chunk) over (chunks - 1) engine steps between its first and its last chunk."""
+    return streams * (chunks + 1) / ((chunks - 1) * gap_ms / 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,8 @@ class Run:
     gateway_cpu_s: float  # NaN for the direct baseline
     load_side_cpu_s: float  # fake upstream + load generator (they share a CPU)
     other_cpu_s: float  # everything else on the machine: a busy neighbour makes noise
+    streams: int = 0  # open streams offered (stream scenarios)
+    offered_chunks_per_s: float = math.nan
 
     def per_second(self, count: float) -> float:
         return count / self.load.elapsed_s if self.load.elapsed_s else math.nan
@@ -120,7 +132,9 @@ def _wrk_run(
     return load, times() - before
 
 
-def _stream_run(target: Target, upstream: Service, plan: LoadPlan) -> tuple[LoadResult, CpuTimes]:
+def stream_run(
+    target: Target, upstream: Service, plan: LoadPlan, concurrency: int
+) -> tuple[LoadResult, CpuTimes]:
     marks: dict[str, CpuTimes] = {}
 
     def on_mark(name: str, load_pid: int) -> None:
@@ -137,7 +151,7 @@ def _stream_run(target: Target, upstream: Service, plan: LoadPlan) -> tuple[Load
         target.url,
         plan.load_cpus,
         plan.chunks,
-        plan.high_concurrency,
+        concurrency,
         seconds=plan.seconds,
         ramp=stream_s,
         think_ms=plan.gap_ms,
@@ -151,15 +165,28 @@ def _stream_run(target: Target, upstream: Service, plan: LoadPlan) -> tuple[Load
 def run_once(
     scenario: str, target: Target, upstream: Service, plan: LoadPlan, repetition: int
 ) -> Run:
+    streams, offered = 0, math.nan
     if scenario == "c1":
         load, cpu = _wrk_run(target, upstream, plan.low_concurrency, plan)
     elif scenario == "c64":
         load, cpu = _wrk_run(target, upstream, plan.high_concurrency, plan)
-    elif scenario == "stream":
-        load, cpu = _stream_run(target, upstream, plan)
+    elif scenario == "stream" or scenario in PACED:
+        streams = PACED.get(scenario, plan.high_concurrency)
+        load, cpu = stream_run(target, upstream, plan, streams)
+        offered = offered_chunks_per_s(streams, plan.chunks, plan.gap_ms)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     for service in (target.service, upstream):
         if service is not None and service.popen.poll() is not None:
             raise RuntimeError(f"{service.name} died during {scenario}:\n{service.tail()}")
-    return Run(scenario, target.name, repetition, load, cpu.gateway, cpu.load_side, cpu.other)
+    return Run(
+        scenario,
+        target.name,
+        repetition,
+        load,
+        cpu.gateway,
+        cpu.load_side,
+        cpu.other,
+        streams,
+        offered,
+    )

@@ -20,7 +20,16 @@ from bench.procs import ROOT, Service, free_port, pinned
 MODEL = "bench-model"
 # Without API keys the bench measures the bare gateway; a configuration turns them on with
 # GATEWAY_AUTH_ENABLED=true, and then gets a keys file holding the bench's key.
-BASE_ENV = {"GATEWAY_AUTH_ENABLED": "false"}
+# The fake upstream shares its CPU with the load generator: under a thousand paced streams on a
+# busy machine its /health answer can take over the default second, and an ejected upstream
+# would turn the run into 503s. The probes still run, as in production. The one fake upstream
+# takes any number of streams: the per-worker in-flight cap (256 by default, then queueing and
+# 503s) is raised so paced1024 and the fleet steps measure relaying, not admission.
+BASE_ENV = {
+    "GATEWAY_AUTH_ENABLED": "false",
+    "GATEWAY_HEALTH_TIMEOUT": "10",
+    "GATEWAY_MAX_INFLIGHT_PER_WORKER": "8192",
+}
 KEY_LIMITS = ("rpm", "tpm", "max_concurrent")
 
 
@@ -31,6 +40,7 @@ class GatewayConfig:
     processes: int = 1
     key_limits: dict[str, int] = field(default_factory=dict)  # of the bench's API key
     module: str = "gateway"  # what runs: the gateway, or bench.floor_relay (the floor)
+    checkout: Path | None = None  # run the gateway of another checkout (A/B of a change)
 
     @property
     def auth(self) -> bool:
@@ -42,6 +52,8 @@ class GatewayConfig:
         env = ", ".join(f"`{k}={v}`" for k, v in sorted(self.env.items())) or "none (defaults)"
         noun = "process" if self.processes == 1 else "processes"
         text = f"`{self.label}`: {self.processes} {noun}; GATEWAY_* set: {env}"
+        if self.checkout is not None:
+            text += f"; the gateway of checkout {self.checkout} ({_revision(self.checkout)})"
         if self.auth:
             limits = ", ".join(f"{k}={v}" for k, v in sorted(self.key_limits.items()))
             text += f"; API key limits: {limits or 'none'}"
@@ -49,6 +61,16 @@ class GatewayConfig:
 
 
 FLOOR = GatewayConfig("floor", module="bench.floor_relay")
+
+
+def _revision(checkout: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "log", "-1", "--format=%h %s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip()[:80] or "not a git checkout"
 
 
 def new_api_key() -> str:
@@ -79,7 +101,9 @@ def parse_config_set(spec: str, common: dict[str, str], processes: int) -> Gatew
     """`name:KEY=V,key.rpm=N,...` (or just `name`) -> a configuration on top of `common`.
 
     `key.rpm`, `key.tpm` and `key.max_concurrent` are limits of the bench's API key (they go
-    into the keys file); every other item is an environment variable.
+    into the keys file); `checkout=PATH` runs the gateway of that checkout (e.g. a `git
+    worktree` of the commit before a change: A and B in one run); every other item is an
+    environment variable.
     """
     label, _, rest = spec.partition(":")
     if not label:
@@ -91,7 +115,14 @@ def parse_config_set(spec: str, common: dict[str, str], processes: int) -> Gatew
         if limit not in KEY_LIMITS:
             raise ValueError(f"{name}: the key's limits are {', '.join(KEY_LIMITS)}")
         limits[limit] = int(items.pop(name))
-    return GatewayConfig(label, {**common, **items}, processes, limits)
+    checkout = items.pop("checkout", None)
+    return GatewayConfig(
+        label,
+        {**common, **items},
+        processes,
+        limits,
+        checkout=Path(checkout).resolve() if checkout else None,
+    )
 
 
 def keys_file(path: Path, api_key: str, limits: dict[str, int]) -> Path:
@@ -115,13 +146,13 @@ def models_yaml(upstream_url: str) -> str:
     )
 
 
-def _processes_option(processes: int) -> list[str]:
+def _processes_option(processes: int, cwd: Path) -> list[str]:
     """`--processes N` for a gateway of N processes (CPU and RSS are summed over its tree)."""
     if processes == 1:
         return []  # also works with a gateway from before --processes existed
     usage = subprocess.run(
         [sys.executable, "-m", "gateway", "--help"],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=True,
@@ -145,13 +176,16 @@ def start_gateway(
         path = log_dir / f"keys-{config.label}-{port}.yaml"
         env["GATEWAY_KEYS_FILE"] = str(keys_file(path, api_key, config.key_limits))
     args = [sys.executable, "-m", config.module, "--config", str(config_file), "--port", str(port)]
+    # `python -m` puts the working directory first on sys.path: another checkout's gateway.
+    cwd = config.checkout or ROOT
     if config.module == "gateway":
-        args += _processes_option(config.processes)
+        args += _processes_option(config.processes, cwd)
     service = Service(
         f"gateway {config.label}",
         pinned(cpus, args),
         log_dir / f"gateway-{config.label}-{port}.log",
         env,
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -30,7 +30,7 @@ class AppState:
     settings: Settings
     config: ModelsConfig  # replaced, with models_body, when the models file is reloaded
     registry: Registry
-    upstream: Upstream  # relayed requests (aiohttp)
+    upstream: Upstream  # relayed requests (relay/h1.py)
     probe: HttpProbe  # health probes and /ready checks (httpx)
     relaying: Relaying  # the upstream client, the bounds and the drain every relay shares
     metrics: Metrics

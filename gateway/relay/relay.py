@@ -109,10 +109,11 @@ class Relay:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
         self._record.relayed = True
-        watch = DisconnectWatch(receive)
+        link = client_link(scope)
+        watch = DisconnectWatch(receive, link)
         self._client = ClientWriter(
             send,
-            client_link(scope),
+            link,
             self._bounds.client_write,
             self._record,
             watch,

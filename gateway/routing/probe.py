@@ -1,7 +1,7 @@
 """GET requests to workers off the hot path: health probes, /metrics scrapes, /ready checks.
 
 httpx serves here (its API is the simplest for a bounded GET); completions go through the
-relay's aiohttp session (relay/upstream.py), measured several times cheaper per request.
+relay's own HTTP/1.1 client (relay/upstream.py over relay/h1.py), measured several times cheaper.
 """
 
 from __future__ import annotations

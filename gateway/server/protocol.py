@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.errors import (
     GatewayError,
@@ -63,15 +64,52 @@ _REASONS = {
 
 
 class ClientLink:
-    """A request's view of its connection: is the send buffer full, and drop it now."""
+    """A request's view of its connection: is the send buffer full, write a piece of a chunked
+    answer straight to the socket, be told when the client leaves, drop it now."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_on_lost", "_protocol", "cycle")
 
     def __init__(self, protocol: HttpToolsProtocol) -> None:
         self._protocol = protocol
+        self.cycle: RequestResponseCycle | None = None  # set once the request's head is in
+        self._on_lost: Callable[[], None] | None = None
 
     def write_paused(self) -> bool:
         return bool(self._protocol.flow.write_paused)
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is below its high-water mark (or the client is gone)."""
+        await self._protocol.flow.drain()
+
+    def chunked(self) -> bool:
+        """True while the answer has started with chunked framing and is not complete: its
+        body pieces may then go through write_chunk."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and cycle.response_started
+            and not cycle.response_complete
+            and bool(cycle.chunked_encoding)
+            and cycle.scope["method"] != "HEAD"
+        )
+
+    def write_chunk(self, data: bytes) -> bool:
+        """One non-empty piece of the answer as a chunk, written now (what uvicorn's ASGI send
+        does, without the message dict and the checks per piece). False: the client is gone."""
+        cycle = self.cycle
+        if cycle is None or cycle.disconnected:
+            return False
+        self._protocol.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
+
+    def on_lost(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` once when the connection closes (None: no longer)."""
+        self._on_lost = callback
+
+    def lost(self) -> None:
+        callback, self._on_lost = self._on_lost, None
+        if callback is not None:
+            callback()
 
     def abort(self) -> None:
         self._protocol.transport.abort()
@@ -89,6 +127,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._in_head = True
         self._deadline: asyncio.TimerHandle | None = None
+        self._links: list[ClientLink] = []  # of requests on this connection not yet answered
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -107,6 +146,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        links, self._links = self._links, []
+        for link in links:
+            link.lost()
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -126,8 +168,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_size = self._header_count = 0
-        # The relay watches for a client that stopped reading, and drops it.
-        self.scope["extensions"] = {CLIENT_EXTENSION: {"link": ClientLink(self)}}
+        # The relay writes stream chunks through it, learns there when the client leaves, and
+        # drops a client that stopped reading.
+        link = ClientLink(self)
+        self._links.append(link)
+        self.scope["extensions"] = {CLIENT_EXTENSION: {"link": link}}
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -149,6 +194,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             raise httptools.HttpParserCallbackError  # stop parsing this connection
         self._arm(limits.body_timeout, "body")  # disarmed once the whole body is in
         super().on_headers_complete()
+        if self._links:
+            self._links[-1].cycle = self.cycle
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -156,6 +203,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._links:
+            self._links.pop(0)  # answers complete in order
         if not self.transport.is_closing():
             self._arm(self.limits.header_timeout, "header")  # for the next request's head
 

@@ -1,6 +1,8 @@
-"""The bench end to end in its quick form: every response valid and the table written.
+"""The bench end to end in its quick form: every response valid and the table written; the
+paced scenarios beside nginx and the floor, `bench fleet` and `bench profile` likewise.
 
-Correctness only, never timings. Skips when wrk or taskset is missing (`make bench` installs wrk).
+Correctness only, never timings. Skips when wrk or taskset is missing (`make bench` installs wrk);
+nginx and py-spy are skipped for when absent (`make tools`, the dev extra).
 """
 
 from __future__ import annotations
@@ -40,9 +42,23 @@ def upstream(tmp_path: Path) -> Iterator[str]:
         service.stop()
 
 
+def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_quick_bench_checks_every_response_and_writes_the_table(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        [
+            *(sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)),
+            *("--scenarios", "c1,c64,stream"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -67,6 +83,66 @@ def test_quick_bench_checks_every_response_and_writes_the_table(tmp_path: Path) 
     streams = [run for run in runs if run["scenario"] == "stream"]
     for run in streams:  # 32 chunks and the usage chunk, in every stream
         assert set(run["load"]["extra"]["chunk_counts"]) == {"33"}
+
+
+def test_paced_scenarios_beside_nginx_and_the_floor(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
+    result = _bench(
+        *("--quick", "--out", str(tmp_path), "--scenarios", "paced128,paced1024"),
+        *("--chunks", "4", "--nginx", "--floor"),
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (table,) = tmp_path.glob("results-*.md")
+    text = table.read_text()
+    for heading in ("## paced128: 128 paced streams", "## paced1024: 1024 paced streams"):
+        assert heading in text
+    assert "offered 21,333 chunks/s" in text  # 128 x 5 events over 3 steps of 10 ms
+    targets = ["| direct", "| gateway `bare`", "| gateway `floor`"]
+    if nginx:
+        targets.append("| nginx (plain proxy)")
+    else:
+        assert "nginx: not installed" in text
+    for target in targets:
+        rows = [line for line in text.splitlines() if line.startswith(target)]
+        assert len(rows) == 2, target
+        assert all(row.endswith("| 0 |") for row in rows)
+    assert "**added by `bare`**" in text
+    runs = json.loads(next(tmp_path.glob("results-*.json")).read_text())
+    assert {run["streams"] for run in runs} == {128, 1024}
+    assert all(set(run["load"]["extra"]["chunk_counts"]) == {"5"} for run in runs)
+
+
+def test_fleet_steps_the_rate_for_one_and_two_processes(tmp_path: Path) -> None:
+    result = _bench(
+        *("fleet", "--quick", "--out", str(tmp_path), "--chunks", "4"),
+        # Correctness here, not timings: every step passes.
+        *("--limit-ms", "1000000", "--min-share", "0"),
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("fleet-*.md")).read_text()
+    steps = json.loads(next(tmp_path.glob("fleet-*.json")).read_text())
+    assert [(s["processes"], s["streams"]) for s in steps] == [(1, 8), (1, 16), (2, 8), (2, 16)]
+    assert all(s["invalid"] == 0 and s["chunks_per_s"] > 0 for s in steps)
+    assert "| processes | tokens/s sustained (TTFT added p99 within the limit) |" in text
+
+
+@pytest.mark.skipif(
+    not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()),
+    reason="py-spy is not installed (pip install -e '.[dev]')",
+)
+def test_profile_writes_the_top_functions(tmp_path: Path) -> None:
+    result = _bench(
+        *("profile", "--out", str(tmp_path), "--seconds", "1", "--streams", "8"),
+        *("--chunks", "4", "--top", "5"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = next(tmp_path.glob("profile-*.md")).read_text()
+    assert "### Own time" in text
+    assert "### Total time" in text
+    assert "samples." in text
+    assert next(tmp_path.glob("profile-*.txt")).stat().st_size > 0
 
 
 def _streamload(url: str, chunks: int) -> tuple[int, dict[str, object]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,14 +259,26 @@ def test_a_response_whose_worker_is_down_is_a_502_not_another_workers_answer(
     holder = next(w for w in ("c0", "c1") if stack.stats(w)["last_path"] == "/v1/responses")
     stack.control(holder, health=503)
     try:
-        time.sleep(0.6)  # probes see it down
+        _wait_until(lambda: holder not in _ready_workers(stack, "chat"))  # probes see it down
         with pytest.raises(openai.APIStatusError) as caught:
             client.responses.retrieve(made.id)
         assert caught.value.status_code == 502
         assert caught.value.code == "response_worker_unavailable"
     finally:
         stack.control(holder, health=200)
-        time.sleep(0.6)
+        _wait_until(lambda: holder in _ready_workers(stack, "chat"))
+
+
+def _ready_workers(stack: Stack, model: str) -> list[str]:
+    workers: list[str] = httpx.get(stack.url + "/ready").json()["models"][model]
+    return workers
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
 
 
 # --- LoRA adapters -----------------------------------------------------------------------------

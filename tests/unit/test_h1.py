@@ -1,0 +1,155 @@
+"""The lean HTTP/1.1 client towards workers (gateway/relay/h1.py) against raw asyncio servers:
+keep-alive reuse, the one retry on a reused connection the worker closed, the body framings,
+the cap on open connections, and an unfinished body closing its connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway.relay.h1 import BodyTooLarge, ConnectFailed, ConnectionBroken, H1Pool
+
+Handler = Callable[[bytes, asyncio.StreamWriter], "asyncio.Future[None] | None"]
+
+
+class Server:
+    """Answers each request on a connection with `answer(n)` (n: requests so far, all
+    connections); counts connections."""
+
+    def __init__(self, answer: Callable[[int], bytes], close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = 0
+        self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(self.answer(self.requests))
+                await writer.drain()
+                if self.close_after:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Server], asyncio.Future[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(server: Server) -> int:
+        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        servers.append(listening)
+        server.port = listening.sockets[0].getsockname()[1]
+        return server.port
+
+    yield start  # type: ignore[misc]
+    for listening in servers:
+        listening.close()
+
+
+def _json(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+
+async def _post(pool: H1Pool, port: int, limit: int = 1 << 20) -> tuple[int, bytes]:
+    response = await pool.send("POST", "127.0.0.1", port, "/v1/x", b"X-A: b\r\n", b"{}")
+    try:
+        return response.status, await response.read(limit)
+    finally:
+        response.close()
+
+
+async def test_a_finished_answer_returns_its_connection_for_the_next(serve) -> None:  # type: ignore[no-untyped-def]
+    server = Server(lambda n: _json(b'{"n":%d}' % n))
+    port = await serve(server)
+    pool = H1Pool(2.0, 10)
+    for n in (1, 2, 3):
+        assert await _post(pool, port) == (200, b'{"n":%d}' % n)
+    assert (server.connections, pool.open_connections) == (1, 1)
+    await pool.aclose()
+
+
+async def test_chunked_and_until_close_bodies(serve) -> None:  # type: ignore[no-untyped-def]
+    chunked = Server(
+        lambda n: (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+    )
+    until_close = Server(
+        lambda n: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it", True
+    )
+    pool = H1Pool(2.0, 10)
+    assert await _post(pool, await serve(chunked)) == (200, b"abcde")
+    assert await _post(pool, await serve(until_close)) == (200, b"all of it")
+    assert pool.open_connections == 1  # the chunked one, kept; the other closed
+    await pool.aclose()
+
+
+async def test_a_reused_connection_closed_by_the_worker_is_retried_once_anew(serve) -> None:  # type: ignore[no-untyped-def]
+    server = Server(lambda n: _json(b"ok"))
+    port = await serve(server)
+    pool = H1Pool(2.0, 10)
+    assert await _post(pool, port) == (200, b"ok")
+    for writer in server.writers:  # the worker drops its idle connection
+        writer.transport.abort()
+    await asyncio.sleep(0)
+    assert await _post(pool, port) == (200, b"ok")
+    assert server.connections == 2
+
+
+async def test_a_connection_broken_mid_answer_is_an_error_not_a_retry(serve) -> None:  # type: ignore[no-untyped-def]
+    server = Server(lambda n: b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", True)
+    pool = H1Pool(2.0, 10)
+    with pytest.raises(ConnectionBroken):
+        await _post(pool, await serve(server))
+    assert server.requests == 1
+
+
+async def test_too_large_unreachable_and_an_unfinished_body(serve) -> None:  # type: ignore[no-untyped-def]
+    server = Server(lambda n: _json(b"x" * 100)[:-50])  # half the body, then silence
+    port = await serve(server)
+    pool = H1Pool(0.5, 10)
+    with pytest.raises(BodyTooLarge):
+        await _post(pool, port, limit=10)
+    assert pool.open_connections == 0  # not read to its end: closed
+    response = await pool.send("POST", "127.0.0.1", port, "/v1/x", b"", b"{}")
+    assert await response.read_chunk() == b"x" * 50
+    response.close()
+    assert pool.open_connections == 0
+    with pytest.raises(ConnectFailed):
+        await _post(pool, 1)  # nothing listens on port 1
+
+
+async def test_at_the_cap_a_request_waits_for_a_free_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    server = Server(lambda n: _json(b"ok"))
+    port = await serve(server)
+    pool = H1Pool(2.0, 1)
+    first = await pool.send("POST", "127.0.0.1", port, "/v1/x", b"", b"{}")
+    second = asyncio.ensure_future(_post(pool, port))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    assert await first.read(100) == b"ok"
+    first.close()
+    assert await second == (200, b"ok")
+    assert server.connections == 1
+    with pytest.raises(ConnectFailed):  # held, and the wait is bounded
+        held = await pool.send("POST", "127.0.0.1", port, "/v1/x", b"", b"{}")
+        try:
+            await H1Pool._connect(pool, ("127.0.0.1", port))
+        finally:
+            held.close()
