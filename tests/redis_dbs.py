@@ -6,16 +6,20 @@ DB 0 is left to whoever runs the gateway by hand on this machine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import os
+from pathlib import Path
 
 import redis
 
 # Another Redis for the suite (e.g. two checkouts testing at once on one machine):
-# GATEWAY_TEST_REDIS=redis://127.0.0.1:6380
-REDIS = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379")
+# GATEWAY_TEST_REDIS=redis://127.0.0.1:6380, or that URL in an untracked .test-redis file at the
+# checkout's root.
+_LOCAL = Path(__file__).resolve().parent.parent / ".test-redis"
+REDIS = os.environ.get("GATEWAY_TEST_REDIS") or (
+    _LOCAL.read_text().strip() if _LOCAL.is_file() else "redis://127.0.0.1:6379"
+)
 
 
 class RedisDBs:

@@ -47,6 +47,8 @@ def vllm_flags(
     if model.gpu_memory_utilization is not None:
         flags += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
     flags += ["--kv-events-config", kv_events_config(kv_events_port)]
+    if model.scheduling_policy != "fcfs":
+        flags += ["--scheduling-policy", model.scheduling_policy]
     return flags + list(model.vllm_args)
 
 

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.auth import authenticate
 from gateway.api.body import read_body
 from gateway.api.deps import State
+from gateway.api.usage import effective_priority, settle, usage_route
 from gateway.api.validation import parse_request
 from gateway.config.keys import Principal
 from gateway.config.models import ModelsConfig
@@ -25,7 +26,7 @@ from gateway.errors import GatewayError, ModelNotFound
 from gateway.limits.limiter import Reservation
 from gateway.limits.reserve import reserve_tokens
 from gateway.record import RequestRecord
-from gateway.relay.amend import body_asking_usage, body_tagged
+from gateway.relay.amend import body_asking_usage, body_prioritized, body_tagged
 from gateway.relay.lease import WorkerLease
 from gateway.relay.relay import Outbound, Relay
 from gateway.relay.usage import UsageTap
@@ -36,6 +37,7 @@ from gateway.routing.policy import Preference
 from gateway.state import AppState
 
 router = APIRouter()
+router.add_api_route("/v1/usage", usage_route, methods=["GET"], response_model=None)
 
 
 def models_payload(config: ModelsConfig) -> bytes:
@@ -78,6 +80,7 @@ class CompletionRoute:
             body = await read_body(scope, receive, state.settings.max_body_bytes)
             view = record.view = parse_request(self.endpoint, body)
             queue = _queue_for(state, principal, view.model)
+            priority = effective_priority(principal, scope["headers"], view)
             reservation = await _admit(state, principal, view)
         except GatewayError as exc:
             record.error_code = exc.code
@@ -88,13 +91,18 @@ class CompletionRoute:
         prefer = _preference(state.settings, scope, view, prefix)
         if prefer is not None and prefer.prefix is not None:
             record.prompt_blocks = len(prefer.prefix)
-        lease = WorkerLease(queue, state.health, record, key=principal.name, prefer=prefer)
-        outbound = _outbound(view, reservation, prefer.tag if prefer is not None else None)
+        lease = WorkerLease(
+            queue, state.health, record, key=principal.name, prefer=prefer, priority=priority
+        )
+        config = state.config.model(view.model)
+        engine_priority = priority if config and config.scheduling_policy == "priority" else None
+        tag = prefer.tag if prefer is not None else None
+        outbound = _outbound(view, reservation, tag, engine_priority)
         try:
             await Relay(state.relaying, lease, record, outbound)(scope, receive, send)
         finally:
             if reservation is not None:
-                await state.limiter.settle(reservation, record.tokens_used())
+                await settle(state.limiter, reservation, record)
             if prefix is not None and record.usage is not None:
                 prefix.learn(record.prompt_blocks, record.usage.prompt)
 
@@ -139,13 +147,18 @@ def _tag(view: RequestView) -> str:
 
 
 async def _admit(state: AppState, principal: Principal, view: RequestView) -> Reservation | None:
-    if not principal.limited:
+    if state.keys is None:  # no keys: one anonymous caller, no limits, no usage per key
         return None
     reserve = reserve_tokens(view, state.settings.default_reserved_completion_tokens)
     return await state.limiter.admit(principal, reserve)
 
 
-def _outbound(view: RequestView, reservation: Reservation | None, tag: str | None) -> Outbound:
+def _outbound(
+    view: RequestView,
+    reservation: Reservation | None,
+    tag: str | None,
+    priority: int | None = None,
+) -> Outbound:
     headers = reservation.headers if reservation is not None else []
     tap = None
     body = view.body
@@ -154,6 +167,8 @@ def _outbound(view: RequestView, reservation: Reservation | None, tag: str | Non
         body = body_asking_usage(view)
     if tag is not None:
         body = body_tagged(body, view, tag)
+    if priority is not None:  # the model's workers schedule by vLLM's `priority`
+        body = body_prioritized(body, view, priority)
     return Outbound(view.endpoint.path, body, view.stream, headers, tap)
 
 

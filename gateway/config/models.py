@@ -6,7 +6,7 @@ The gateway reads it to route; `workers/` reads the same schema to launch vLLM a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -67,6 +67,9 @@ class ModelConfig(BaseModel):
     # Gateway side: requests one gateway process keeps in flight on each worker of this model
     # before it queues the rest (default GATEWAY_MAX_INFLIGHT_PER_WORKER).
     max_inflight_per_worker: Annotated[int, Field(ge=1)] | None = None
+    # `priority`: vLLM runs with --scheduling-policy priority and the gateway sends each
+    # request's class as its `priority` (lower first); `fcfs`: vLLM's default, first come first.
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     workers: Annotated[list[WorkerConfig], Field(min_length=1)]
 
 
