@@ -66,6 +66,7 @@ def test_the_four_signals_come_first() -> None:
 def test_rows_follow_the_issue_order() -> None:
     assert [row.title for row in ROWS] == [
         "The four signals", "Errors", "Rate limits", "Workers", "KV cache", "Latency details",
+        "Budgets and priority",
     ]  # fmt: skip
 
 

@@ -191,3 +191,16 @@ def test_stand_in_counts_as_complete_only_with_a_matching_stamp(tmp_path: Path) 
     assert is_complete(tmp_path, seed=1)
     assert not is_complete(tmp_path, seed=2)
     assert not is_complete(tmp_path, seed=1, max_positions=8192)
+
+
+def test_a_model_scheduling_by_priority_launches_vllm_with_the_priority_policy() -> None:
+    config = parse_models_config(
+        "models:\n"
+        "  - {name: p, model: org/P, scheduling_policy: priority,"
+        " workers: [{name: p-0, gpus: [0], port: 8101}]}\n"
+        "  - {name: f, model: org/F, workers: [{name: f-0, gpus: [1], port: 8102}]}\n"
+    )
+    by_priority, first_come = config.models
+    flags = vllm_flags(by_priority, by_priority.workers[0])
+    assert flags[flags.index("--scheduling-policy") + 1] == "priority"
+    assert "--scheduling-policy" not in vllm_flags(first_come, first_come.workers[0])
