@@ -13,8 +13,8 @@ import redis
 
 from gateway.config.keys import Principal
 from gateway.errors import LimiterUnavailable, RateLimited
-from gateway.limits.budget import Periods
 from gateway.limits.buckets import Counters, Decision, LocalBuckets, Spent
+from gateway.limits.budget import Periods
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.metrics import Metrics
