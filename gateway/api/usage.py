@@ -68,11 +68,12 @@ def _period(counters: Counters, label: str, resets: float, budget: int | None) -
             entry["requests" if what == "requests" else f"{what}_tokens"] = value
     for entry in models.values():
         entry["total_tokens"] = entry["prompt_tokens"] + entry["completion_tokens"]
-    prompt, completion = counters.get("prompt", 0), counters.get("completion", 0)
+    prompt = sum(entry["prompt_tokens"] for entry in models.values())
+    completion = sum(entry["completion_tokens"] for entry in models.values())
     doc: dict[str, Any] = {
         "period": label,
         "resets_at": reset_text(resets),
-        "requests": counters.get("requests", 0),
+        "requests": sum(entry["requests"] for entry in models.values()),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,

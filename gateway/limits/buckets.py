@@ -38,8 +38,8 @@ class Spent:
     completion: int
 
 
-# Usage counters of a key in one period: requests, prompt, completion, budget (charged), and
-# per model `<model>|requests`, `<model>|prompt`, `<model>|completion`.
+# Usage counters of a key in one period: budget (charged), and per model `<model>|requests`,
+# `<model>|prompt`, `<model>|completion` (the key's totals are their sums).
 Counters = dict[str, int]
 
 
@@ -151,13 +151,9 @@ class LocalBuckets:
             if principal.budgeted and delta:
                 counters["budget"] -= delta
             if spent is not None:
-                for field, value in (
-                    ("requests", 1),
-                    ("prompt", spent.prompt),
-                    ("completion", spent.completion),
-                ):
-                    counters[field] += value
-                    counters[f"{spent.model}|{field}"] += value
+                counters[f"{spent.model}|requests"] += 1
+                counters[f"{spent.model}|prompt"] += spent.prompt
+                counters[f"{spent.model}|completion"] += spent.completion
 
     async def usage(self, name: str, when: Periods) -> tuple[Counters, Counters]:
         return (

@@ -236,9 +236,6 @@ class Limiter:
         when = periods()
         if self._shared is not None:
             try:
-                flush = getattr(self._shared, "flush", None)
-                if flush is not None:  # this replica's settles still waiting to go
-                    await flush()
                 return (when, *await self._shared.usage(principal.name, when))
             except (TimeoutError, RedisError, OSError) as exc:
                 self._trouble(exc)

@@ -169,6 +169,7 @@ class RedisBuckets:
         return calls
 
     async def usage(self, name: str, when: Periods) -> tuple[Counters, Counters]:
+        await self.flush()  # this replica's settles still waiting to go count too
         keys = self._keys(name, when)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys[3])

@@ -7,8 +7,8 @@
 -- ARGV: tpm (0 = none), reserved minus used (tpm), reserved minus used (budgets, 0 = none),
 --       lease ids (space-separated), day ttl, month ttl, then per model: name, requests,
 --       prompt tokens, completion tokens.
--- Counter hashes: `budget` (charged: reserved in flight + used), `requests`, `prompt`,
--- `completion`, and `<model>|requests`, `<model>|prompt`, `<model>|completion`.
+-- Counter hashes: `budget` (charged: reserved in flight + used), and per model
+-- `<model>|requests`, `<model>|prompt`, `<model>|completion` (the key's totals are their sums).
 local function settle(now, k_tpm, k_leases, k_day, k_month, a, i)
   local tpm, delta, charge = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   local leases, day_ttl, month_ttl = a[i + 3], tonumber(a[i + 4]), tonumber(a[i + 5])
@@ -32,16 +32,9 @@ local function settle(now, k_tpm, k_leases, k_day, k_month, a, i)
   while a[j] do
     local model, n, p, c = a[j], tonumber(a[j + 1]), tonumber(a[j + 2]), tonumber(a[j + 3])
     for _, key in ipairs({k_day, k_month}) do
-      redis.call('HINCRBY', key, 'requests', n)
       redis.call('HINCRBY', key, model .. '|requests', n)
-      if p > 0 then
-        redis.call('HINCRBY', key, 'prompt', p)
-        redis.call('HINCRBY', key, model .. '|prompt', p)
-      end
-      if c > 0 then
-        redis.call('HINCRBY', key, 'completion', c)
-        redis.call('HINCRBY', key, model .. '|completion', c)
-      end
+      if p > 0 then redis.call('HINCRBY', key, model .. '|prompt', p) end
+      if c > 0 then redis.call('HINCRBY', key, model .. '|completion', c) end
     end
     touched = true
     j = j + 4
