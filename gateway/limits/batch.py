@@ -104,8 +104,8 @@ class ScriptBatcher:
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
-            if len(calls) > len(batch):
-                log.warning("deferred limit settles lost: %s", type(exc).__name__)
+            if len(calls) > len(batch):  # the limiter counts and reports the outage itself
+                log.debug("deferred limit settles lost: %s", type(exc).__name__)
             return
         for call, result in zip(calls, results, strict=True):
             await self._deliver(call, result)
@@ -121,7 +121,7 @@ class ScriptBatcher:
                 outcome = exc
         if future is None:
             if isinstance(outcome, Exception):
-                log.warning("a deferred limit settle failed: %s", outcome)
+                log.debug("a deferred limit settle failed: %s", outcome)
         elif future.done():
             pass  # its caller was cancelled
         elif isinstance(outcome, Exception):

@@ -224,7 +224,10 @@ class Limiter:
         spent = Spent(model, prompt, completion) if model and self._count_usage else None
         if spent is None and delta == 0 and principal.max_concurrent is None:
             return  # nothing to give back or count (e.g. a key with rpm only)
-        buckets = self._local if reservation.local else self._shared
+        local = reservation.local or (
+            not reservation.decided and time.monotonic() < self._down_until
+        )  # a key without limits counts its usage here while Redis is away
+        buckets = self._local if local else self._shared
         assert buckets is not None
         try:
             await buckets.settle(principal, delta, reservation.lease, spent, reservation.when)
