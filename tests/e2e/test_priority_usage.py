@@ -61,7 +61,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDBs) -> Iter
     )
     config = ModelsConfig(models=[model])
     ports = {w.name: free_port() for w in model.workers if w.launched}
-    with LocalWorkers(config, ports=ports) as engines, redis_dbs.take() as redis_url:
+    # a loaded two-core machine took over 10 minutes to start one engine
+    engines_up = LocalWorkers(config, ports=ports, startup_timeout=1500)
+    with engines_up as engines, redis_dbs.take() as redis_url:
         attached = engines.attached_config()
         tmp = tmp_path_factory.mktemp("priority-e2e")
         keys = {"ui": new_key(), "nightly": new_key(), "counted": new_key()}
