@@ -100,29 +100,37 @@ def chat(model: str, text: str, max_tokens: int, **fields: Any) -> dict[str, Any
 async def test_priority_is_accepted_and_an_interactive_request_overtakes_queued_batch_ones(
     stack: Stack,
 ) -> None:
+    """A long batch request runs (max-num-seqs 1), batch requests queue in vLLM behind it, then
+    an interactive one arrives: vLLM starts it (its first token) before every batch request
+    still waiting when it arrived."""
     url = stack.gateway + "/v1/chat/completions"
-    finished: dict[str, float] = {}
+    first_token: dict[str, float] = {}
+    running = asyncio.Event()
 
     async def post(client: httpx.AsyncClient, label: str, key: str, tokens: int) -> None:
-        response = await client.post(
-            url, json=chat(stack.model, f"request {label}", tokens), headers=stack.auth(key)
-        )
-        assert response.status_code == 200, response.text  # vLLM took its `priority`
-        finished[label] = time.monotonic()
+        body = chat(stack.model, f"request {label}", tokens, stream=True)
+        async with client.stream("POST", url, json=body, headers=stack.auth(key)) as response:
+            assert response.status_code == 200  # vLLM took its `priority`
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and label not in first_token:
+                    first_token[label] = time.monotonic()
+                    if label == "running":
+                        running.set()
 
-    async with httpx.AsyncClient(timeout=600) as client:
-        # one sequence at a time in the engine: the first runs, the others wait in vLLM's queue
-        tasks = [asyncio.create_task(post(client, "running", "nightly", 96))]
-        await asyncio.sleep(1.0)
+    async with httpx.AsyncClient(timeout=900) as client:
+        tasks = [asyncio.create_task(post(client, "running", "nightly", 400))]
+        await running.wait()  # it holds the engine's one sequence
         for i in range(3):
-            tasks.append(asyncio.create_task(post(client, f"batch-{i}", "nightly", 48)))
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)
-        tasks.append(asyncio.create_task(post(client, "interactive", "ui", 48)))
+            tasks.append(asyncio.create_task(post(client, f"batch-{i}", "nightly", 16)))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        arrived = time.monotonic()
+        tasks.append(asyncio.create_task(post(client, "interactive", "ui", 16)))
         await asyncio.gather(*tasks)
 
-    batch = [finished[f"batch-{i}"] for i in range(3)]
-    assert finished["interactive"] < min(batch), finished
+    waiting = [t for label, t in first_token.items() if label.startswith("batch") and t > arrived]
+    assert len(waiting) >= 2, ("the batch requests did not queue in vLLM", first_token)
+    assert first_token["interactive"] < min(waiting), first_token
 
 
 async def test_usage_matches_vllms_own_token_counters(stack: Stack) -> None:
