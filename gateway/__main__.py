@@ -42,6 +42,11 @@ def keys_command(argv: list[str]) -> int:
     new.add_argument("--rpm", type=int, help="requests per minute")
     new.add_argument("--tpm", type=int, help="prompt + completion tokens per minute")
     new.add_argument("--max-concurrent", type=int, help="requests in flight at once")
+    new.add_argument(
+        "--priority", help="interactive, standard (default) or batch, or a number (lower first)"
+    )
+    new.add_argument("--tokens-per-day", type=int, help="token budget per UTC day")
+    new.add_argument("--tokens-per-month", type=int, help="token budget per UTC calendar month")
     args = parser.parse_args(argv)
     key = new_key()
     models = args.models.split(",") if args.models else None
@@ -52,6 +57,9 @@ def keys_command(argv: list[str]) -> int:
         rpm=args.rpm,
         tpm=args.tpm,
         max_concurrent=args.max_concurrent,
+        priority=args.priority,
+        tokens_per_day=args.tokens_per_day,
+        tokens_per_month=args.tokens_per_month,
     )
     print(f"API key (shown once, store it now): {key}\n")
     print("Add this entry under `keys:` in the keys file (GATEWAY_KEYS_FILE):")

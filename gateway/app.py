@@ -74,7 +74,9 @@ def _limiter(settings: Settings, metrics: Metrics) -> Limiter:
     shared = None
     if settings.redis_url:
         lease_ttl = settings.total_timeout + 30  # no request outlives the total timeout
-        shared = RedisBuckets(settings.redis_url, settings.redis_timeout, lease_ttl)
+        shared = RedisBuckets(
+            settings.redis_url, settings.redis_timeout, lease_ttl, settings.limits_settle_delay
+        )
     return Limiter(
         shared,
         LocalBuckets(settings.redis_fail_open_share if shared else 1.0),
@@ -164,7 +166,10 @@ async def _build_state(
         settings.health_slow_probes,
     )
     queue_settings = QueueSettings(
-        settings.queue_depth, settings.queue_timeout, health_settings.stale_after
+        settings.queue_depth,
+        settings.queue_timeout,
+        health_settings.stale_after,
+        settings.queue_aging_seconds,
     )
     dispatcher = Dispatcher(registry, queue_settings, metrics)
     probe = HttpProbe()

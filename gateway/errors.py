@@ -149,6 +149,13 @@ class RateLimited(GatewayError):
     log_level = logging.INFO
 
 
+class InsufficientQuota(RateLimited):
+    """A key's token budget for the day or month is spent (OpenAI's code for it)."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"

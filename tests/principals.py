@@ -8,7 +8,12 @@ from gateway.config.keys import Principal
 
 
 def key(
-    rpm: int | None = None, tpm: int | None = None, max_concurrent: int | None = None
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrent: int | None = None,
+    *,
+    tokens_per_day: int | None = None,
+    tokens_per_month: int | None = None,
 ) -> Principal:
     return Principal(
         name=f"k-{uuid.uuid4().hex[:12]}",
@@ -16,6 +21,8 @@ def key(
         rpm=rpm,
         tpm=tpm,
         max_concurrent=max_concurrent,
+        tokens_per_day=tokens_per_day,
+        tokens_per_month=tokens_per_month,
     )
 
 

@@ -179,10 +179,19 @@ RATE_LIMITS = Row(
         ),
         Panel(
             "Tokens per key",
-            "Prompt and completion tokens by key name, counted for keys with a tpm limit "
-            "(the ten busiest).",
+            "Prompt and completion tokens by key name and model, as the workers reported them "
+            "(the ten busiest of each). GET /v1/usage gives a key its own totals.",
             "suffix: tok/s",
-            (Query(f"topk(10, {_rate('gateway_key_tokens_total', 'key')})", "{{key}}"),),
+            (
+                Query(
+                    f"topk(10, {_rate('gateway_key_prompt_tokens_total', 'key, model')})",
+                    "{{key}} {{model}} prompt",
+                ),
+                Query(
+                    f"topk(10, {_rate('gateway_key_completion_tokens_total', 'key, model')})",
+                    "{{key}} {{model}} completion",
+                ),
+            ),
             width=8,
         ),
         Panel(
@@ -363,6 +372,31 @@ ROUTING = Row(
     ),
 )
 
+
+BUDGETS = Row(
+    "Budgets and priority",
+    (
+        Panel(
+            "Budget used",
+            "Share of each key's token budget charged this UTC day and month (in-flight "
+            "reservations included), as of its last admitted request; at 1 the key gets 429 "
+            "insufficient_quota until the period resets.",
+            "percentunit",
+            (Query("max by (key, period) (gateway_key_budget_used_ratio)", "{{key}} {{period}}"),),
+            max=1,
+            red_above=0.9,
+            width=12,
+        ),
+        Panel(
+            "Requests per key",
+            "Requests by key name that passed its limits (the ten busiest).",
+            "reqps",
+            (Query(f"topk(10, {_rate('gateway_key_requests_total', 'key')})", "{{key}}"),),
+            width=12,
+        ),
+    ),
+)
+
 ROWS: tuple[Row, ...] = (
     FOUR_SIGNALS,
     ERRORS,
@@ -371,6 +405,7 @@ ROWS: tuple[Row, ...] = (
     KV_CACHE,
     LATENCY,
     ROUTING,
+    BUDGETS,
 )
 
 

@@ -66,6 +66,8 @@ def vllm_flags(
         flags += ["--runner", "pooling"]
     flags += lora_flags(model, adapter_paths or {})
     flags += ["--kv-events-config", kv_events_config(kv_events_port)]
+    if model.scheduling_policy != "fcfs":
+        flags += ["--scheduling-policy", model.scheduling_policy]
     return flags + list(model.vllm_args)
 
 

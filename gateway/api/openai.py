@@ -11,9 +11,11 @@ from starlette.responses import Response
 
 from gateway.api.auth import authenticate
 from gateway.api.deps import State
+from gateway.api.usage import usage_route
 from gateway.config.models import ModelsConfig
 
 router = APIRouter()
+router.add_api_route("/v1/usage", usage_route, methods=["GET"], response_model=None)
 
 
 def models_payload(config: ModelsConfig) -> bytes:

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.auth import authenticate
 from gateway.api.body import read_body
 from gateway.api.multipart import boundary_of, form_fields, form_model, form_stream
+from gateway.api.usage import effective_priority, settle
 from gateway.api.validation import parse_request
 from gateway.config.keys import Principal
 from gateway.config.settings import Settings
@@ -32,7 +33,7 @@ from gateway.errors import (
 from gateway.limits.limiter import Reservation
 from gateway.limits.reserve import reserve_tokens
 from gateway.record import RequestRecord
-from gateway.relay.amend import body_asking_usage, body_tagged
+from gateway.relay.amend import body_asking_usage, body_prioritized, body_tagged
 from gateway.relay.lease import WorkerLease
 from gateway.relay.relay import Outbound, Relay
 from gateway.relay.usage import NamedUsageTap, UsageTap
@@ -43,6 +44,9 @@ from gateway.routing.policy import Preference
 from gateway.routing.registry import ModelRoute, Worker
 from gateway.routing.response_homes import Home
 from gateway.state import AppState
+
+# Where vLLM reads a request's scheduling `priority` (a JSON body of its own API).
+_ENGINE_PRIORITY = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES})
 
 # A query string relayed to the worker as it came: only characters that need no escaping.
 _SAFE_QUERY = re.compile(rb"[A-Za-z0-9._~%&=+\-\[\]]{1,2000}")
@@ -77,6 +81,7 @@ class EndpointRoute:
             view, home = await self._view(state, scope, receive)
             record.view = view
             target = _target(state, principal, view, home)
+            priority = effective_priority(principal, scope["headers"], view)
             if target.load is not None:
                 await state.adapters.ensure(*target.load, record.request_id)
             reservation = await _admit(state, principal, view)
@@ -89,13 +94,17 @@ class EndpointRoute:
         prefer = _preference(state.settings, scope, view, prefix, target.only)
         if prefer is not None and prefer.prefix is not None:
             record.prompt_blocks = len(prefer.prefix)
-        lease = WorkerLease(target.queue, state.health, record, key=principal.name, prefer=prefer)
+        lease = WorkerLease(
+            target.queue, state.health, record, key=principal.name, prefer=prefer, priority=priority
+        )
         outbound = _outbound(state, scope, record, view, reservation, prefer)
+        if view.endpoint in _ENGINE_PRIORITY and _schedules_by_priority(state, view.model):
+            outbound.body = body_prioritized(outbound.body, view, priority)
         try:
             await Relay(state.relaying, lease, record, outbound)(scope, receive, send)
         finally:
             if reservation is not None:
-                await state.limiter.settle(reservation, record.tokens_used())
+                await settle(state.limiter, reservation, record)
             if prefix is not None and record.usage is not None:
                 prefix.learn(record.prompt_blocks, record.usage.prompt)
 
@@ -139,6 +148,12 @@ class EndpointRoute:
             body = await read_body(scope, receive, state.settings.max_body_bytes)
         view = RequestView(self.endpoint, home[0], False, body, {}, None, 1, False, response_id)
         return view, home
+
+
+def _schedules_by_priority(state: AppState, model: str) -> bool:
+    """The model's workers run vLLM with --scheduling-policy priority (models.yaml)."""
+    config = state.config.base_of(model)
+    return config is not None and config.scheduling_policy == "priority"
 
 
 def _form_view(endpoint: Endpoint, scope: Scope, body: bytes) -> RequestView:
@@ -251,7 +266,7 @@ def _tag(view: RequestView) -> str:
 
 
 async def _admit(state: AppState, principal: Principal, view: RequestView) -> Reservation | None:
-    if not principal.limited:
+    if state.keys is None:  # no keys: one anonymous caller, no limits, no usage per key
         return None
     usage = view.endpoint.spec.usage
     if usage == "none":  # no token limit here: requests per minute and concurrency only

@@ -18,12 +18,34 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from gateway.config.errors import ConfigError
 
 log = logging.getLogger("gateway.config.keys")
 KEY_PREFIX = "sk-gw-"
+
+# Priority classes, as vLLM's `priority` numbers (lower is served first): a keys file or an
+# x-priority header may name a class or give the number itself (0..PRIORITY_MAX).
+PRIORITY_CLASSES = {"interactive": 0, "standard": 1, "batch": 2}
+DEFAULT_PRIORITY = PRIORITY_CLASSES["standard"]
+PRIORITY_MAX = 1000
+
+
+def parse_priority(value: object) -> int:
+    """A class name or a number to vLLM's priority number; ValueError otherwise (never quoting
+    the value: the message may reach a log)."""
+    if isinstance(value, bool):
+        raise ValueError("must be interactive, standard, batch or a whole number 0..1000")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in PRIORITY_CLASSES:
+            return PRIORITY_CLASSES[text]
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, int) and 0 <= value <= PRIORITY_MAX:
+        return value
+    raise ValueError("must be interactive, standard, batch or a whole number 0..1000")
 
 
 class KeyEntry(BaseModel):
@@ -35,6 +57,16 @@ class KeyEntry(BaseModel):
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    # Admission queue and vLLM scheduling class (see PRIORITY_CLASSES), and token budgets per
+    # calendar day and month (UTC): prompt + completion tokens, as vLLM reports them.
+    priority: int = DEFAULT_PRIORITY
+    tokens_per_day: Annotated[StrictInt, Field(ge=1)] | None = None
+    tokens_per_month: Annotated[StrictInt, Field(ge=1)] | None = None
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: object) -> int:
+        return parse_priority(value)
 
 
 class KeysFile(BaseModel):
@@ -52,10 +84,22 @@ class Principal:
     rpm: int | None
     tpm: int | None
     max_concurrent: int | None
+    priority: int = DEFAULT_PRIORITY
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
 
     @property
     def limited(self) -> bool:
-        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.max_concurrent is not None
+            or self.budgeted
+        )
+
+    @property
+    def budgeted(self) -> bool:
+        return self.tokens_per_day is not None or self.tokens_per_month is not None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -124,6 +168,9 @@ def parse_keys(text: str, source: str) -> dict[str, Principal]:
             rpm=entry.rpm,
             tpm=entry.tpm,
             max_concurrent=entry.max_concurrent,
+            priority=entry.priority,
+            tokens_per_day=entry.tokens_per_day,
+            tokens_per_month=entry.tokens_per_month,
         )
     return table
 
@@ -139,6 +186,13 @@ class KeyStore:
 
     def lookup(self, key: str) -> Principal | None:
         return self._table.get(hash_key(key))
+
+    def names(self) -> list[str]:
+        """The key names in force (bounded metrics labels)."""
+        return sorted({p.name for p in self._table.values()})
+
+    def principals(self) -> list[Principal]:
+        return list(self._table.values())
 
     def _read(self) -> str:
         try:

@@ -119,6 +119,9 @@ class ModelConfig(BaseModel):
     # lacks it; vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True for that (set on launched workers).
     runtime_lora: bool = False
     max_lora_rank: Annotated[int, Field(ge=1)] | None = None
+    # `priority`: vLLM runs with --scheduling-policy priority and the gateway sends each
+    # request's class as its `priority` (lower first); `fcfs`: vLLM's default, first come first.
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     workers: Annotated[list[WorkerConfig], Field(min_length=1)]
 
     @model_validator(mode="after")

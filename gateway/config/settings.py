@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # Tokens reserved for a chat completion's answer when the request sets no max_tokens
     # (completions default to 16, as in vLLM); reconciled with the real usage afterwards.
     default_reserved_completion_tokens: Annotated[int, Field(ge=1)] = 1024
+    # A finished request's settle (refund, lease, usage) waits up to this long for the next
+    # admit to ride in (one Redis round trip per request); with none coming it goes alone.
+    limits_settle_delay: Seconds = 0.005
 
     # Worker health. Active: GET /health and /metrics every `health_interval` seconds (0 = off).
     # Passive: `eject_after_failures` failed exchanges in a row (0 = never) eject a worker for
@@ -113,6 +116,9 @@ class Settings(BaseSettings):
     max_inflight_per_worker: Annotated[int, Field(ge=1)] = 256
     queue_depth: Annotated[int, Field(ge=0)] = 512
     queue_timeout: Seconds = 30.0
+    # Priority classes in the queue: every this many seconds of waiting promote a waiting
+    # class by one (batch reaches interactive after 2x, goes first after 3x): none starves.
+    queue_aging_seconds: Seconds = 5.0
     # Requests with the same x-session-id header (or body `user`) go to the same worker.
     session_affinity: bool = True
     # Cache-aware routing, for models with more than one worker: a request goes to the worker

@@ -4,43 +4,79 @@ redis-py spends ~150 µs of CPU per single command; pipelined, ~60 µs per comma
 64 concurrent EVALSHA, bench/RESULTS.md). Calls made while another call or a pipeline is in
 flight wait for the next pipeline, so under load one round trip serves many requests; a lone
 call goes out at once, as a plain command.
+
+Deferred calls (settles, which nobody waits for) go out at the head of the next call's pipeline,
+or on their own when `kick()` says they are due: they never cost a round trip of their own on a
+request's path.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-_Call = tuple[AsyncScript, Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
+log = logging.getLogger("gateway.limits.batch")
+
+_Call = tuple[AsyncScript, Sequence[str], Sequence[Any], "asyncio.Future[Any] | None"]
+Deferred = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 
 
 class ScriptBatcher:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        take_deferred: Callable[[], list[Deferred]] | None = None,
+        has_deferred: Callable[[], bool] | None = None,
+    ) -> None:
         self._redis = redis
         self._queue: list[_Call] = []
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
+        self._take_deferred = take_deferred or list
+        self._has_deferred = has_deferred or (lambda: False)
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if not self._draining:
-            # Nothing in flight: send this call at once, as it is; calls made meanwhile queue up
-            # and go out together afterwards.
+            # Nothing in flight: send this call at once (with the deferred calls waiting, in one
+            # pipeline); calls made meanwhile queue up and go out together afterwards.
             self._draining = True
             try:
-                return await script(keys=list(keys), args=list(args))
+                if not self._has_deferred():
+                    return await script(keys=list(keys), args=list(args))
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                await self._send([(script, keys, args, future)])
+                return await future
             finally:
-                if self._queue:
+                if self._queue or self._has_deferred():
                     self._start_draining()
                 else:
                     self._draining = False
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future = asyncio.get_running_loop().create_future()
         self._queue.append((script, keys, args, future))
         return await future
+
+    def kick(self) -> None:
+        """Deferred calls are due: send them now, or with whatever is in flight's successor."""
+        if not self._draining and self._has_deferred():
+            self._draining = True
+            self._start_draining()
+
+    async def flush(self) -> None:
+        """Send every deferred call now and wait for it."""
+        if self._drainer is not None and not self._drainer.done():
+            await asyncio.wait([self._drainer], timeout=1.0)
+        if not self._draining and self._has_deferred():
+            self._draining = True
+            try:
+                await self._drain()
+            finally:
+                self._draining = False
 
     def _start_draining(self) -> None:
         # A task of its own: a caller cancelled mid-flight (client gone) must not cut the
@@ -49,38 +85,49 @@ class ScriptBatcher:
 
     async def _drain(self) -> None:
         try:
-            while self._queue:
+            while self._queue or self._has_deferred():
                 batch, self._queue = self._queue, []
                 await self._send(batch)
         finally:
             self._draining = False
 
     async def _send(self, batch: list[_Call]) -> None:
+        calls: list[_Call] = [(*call, None) for call in self._take_deferred()] + batch
         pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
+        for script, keys, args, _ in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
-            for *_, future in batch:
-                if not future.done():
+            for *_, future in calls:
+                if future is not None and not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+            if len(calls) > len(batch):  # the limiter counts and reports the outage itself
+                log.debug("deferred limit settles lost: %s", type(exc).__name__)
             return
-        for (script, keys, args, future), result in zip(batch, results, strict=True):
-            outcome = result
-            if isinstance(result, NoScriptError):  # Redis restarted: Script loads it again
-                try:
-                    outcome = await script(keys=list(keys), args=list(args))
-                except Exception as exc:  # noqa: BLE001 - handed to the waiter
-                    outcome = exc
-            if future.done():
-                continue  # its caller was cancelled
+        for call, result in zip(calls, results, strict=True):
+            await self._deliver(call, result)
+
+    @staticmethod
+    async def _deliver(call: _Call, result: Any) -> None:
+        script, keys, args, future = call
+        outcome = result
+        if isinstance(result, NoScriptError):  # Redis restarted: Script loads it again
+            try:
+                outcome = await script(keys=list(keys), args=list(args))
+            except Exception as exc:  # noqa: BLE001 - handed to the waiter
+                outcome = exc
+        if future is None:
             if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+                log.debug("a deferred limit settle failed: %s", outcome)
+        elif future.done():
+            pass  # its caller was cancelled
+        elif isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
     async def aclose(self) -> None:
         """Let a pipeline in flight finish (its callers are waiting on it)."""

@@ -1,4 +1,6 @@
-"""Per-key limits: requests/min, tokens/min (reserve, then reconcile) and concurrent requests.
+"""Per-key limits: requests/min, tokens/min (reserve, then reconcile), concurrent requests and
+token budgets per UTC day and month (reserved and reconciled like tokens/min); and each key's
+usage counters, which settle() adds to.
 
 Redis holds the state every replica shares; without Redis, or while it is down and the gateway
 fails open, the local buckets apply the same rules in this process (buckets.py).
@@ -15,8 +17,9 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from gateway.config.keys import Principal
-from gateway.errors import LimiterUnavailable, RateLimited
-from gateway.limits.buckets import Buckets, Decision
+from gateway.errors import InsufficientQuota, LimiterUnavailable, RateLimited
+from gateway.limits.buckets import Buckets, Counters, Decision, Spent
+from gateway.limits.budget import Periods, periods, reset_text
 from gateway.observe.metrics import Metrics
 
 log = logging.getLogger("gateway.limits.limiter")
@@ -25,6 +28,7 @@ _WHAT = {
     "tokens": "tokens per minute",
     "concurrency": "concurrent requests",
 }
+_PERIOD = {"day": "today", "month": "this month"}
 
 
 @dataclass(slots=True)
@@ -36,6 +40,8 @@ class Reservation:
     lease: str
     local: bool  # decided by the local buckets (settled there too)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # x-ratelimit-*
+    when: Periods | None = None  # the day and month its budget tokens were charged to
+    decided: bool = True  # False: a key without limits (only its usage is counted)
 
 
 def _duration(seconds: float) -> str:
@@ -61,7 +67,53 @@ def ratelimit_headers(principal: Principal, decision: Decision) -> list[tuple[by
             (f"x-ratelimit-remaining-{kind}".encode(), str(remaining).encode()),
             (f"x-ratelimit-reset-{kind}".encode(), _duration(reset).encode()),
         ]
+    if principal.budgeted:
+        when = periods()
+        now = time.time()
+        for period, budget, charged, resets in (
+            ("day", principal.tokens_per_day, decision.day_charged, when.day_reset),
+            ("month", principal.tokens_per_month, decision.month_charged, when.month_reset),
+        ):
+            if budget is None:
+                continue
+            headers += [
+                (f"x-ratelimit-limit-tokens-{period}".encode(), str(budget).encode()),
+                (
+                    f"x-ratelimit-remaining-tokens-{period}".encode(),
+                    str(max(0, int(budget - charged))).encode(),
+                ),
+                (f"x-ratelimit-reset-tokens-{period}".encode(), _duration(resets - now).encode()),
+            ]
     return headers
+
+
+def over_budget(principal: Principal, decision: Decision, cost: int) -> InsufficientQuota:
+    """429 insufficient_quota: which budget, how much is left, and when it resets."""
+    headers = {k.decode(): v.decode() for k, v in ratelimit_headers(principal, decision)}
+    when = periods()
+    if decision.refused == "day":
+        budget, charged, resets = principal.tokens_per_day, decision.day_charged, when.day_reset
+    else:
+        budget, charged = principal.tokens_per_month, decision.month_charged
+        resets = when.month_reset
+    assert budget is not None
+    left = max(0, int(budget - charged))
+    until = resets - time.time()
+    period = _PERIOD[decision.refused]
+    if cost > budget:
+        message = (
+            f"Request too large for the token budget of key '{principal.name}': it may need "
+            f"{cost} tokens, more than the budget of {budget} tokens per {decision.refused}. "
+            "Lower max_tokens or the prompt."
+        )
+    else:
+        message = (
+            f"Token budget of key '{principal.name}' exhausted for {period}: {left} of "
+            f"{budget} tokens left, this request may need {cost}. The budget resets at "
+            f"{reset_text(resets)} (UTC, in {_duration(until)})."
+        )
+    headers["retry-after"] = str(max(1, math.ceil(until)))
+    return InsufficientQuota(message, param=f"tokens_per_{decision.refused}", headers=headers)
 
 
 def refusal(principal: Principal, decision: Decision) -> RateLimited:
@@ -95,6 +147,7 @@ class Limiter:
         *,
         fail_open: bool,
         retry_interval: float = 1.0,
+        count_usage: bool = True,
     ) -> None:
         self._shared = shared
         self._local = local
@@ -103,19 +156,38 @@ class Limiter:
         self._retry_interval = retry_interval
         self._down_until = 0.0
         self._incident = False
+        self._count_usage = count_usage
 
     async def admit(self, principal: Principal, cost: int) -> Reservation:
+        when = periods()
+        if not principal.limited:  # nothing to decide: only its usage will be counted
+            return Reservation(principal, 0, "", self._shared is None, when=when, decided=False)
         lease = os.urandom(8).hex()
-        decision, local = await self._decide(principal, cost, lease)
+        decision, local = await self._decide(principal, cost, lease, when)
         if not decision.admitted:
             self._metrics.ratelimit_rejections.labels(principal.name, decision.refused).inc()
+            if decision.refused in _PERIOD:
+                raise over_budget(principal, decision, cost)
             raise refusal(principal, decision)
-        return Reservation(principal, cost, lease, local, ratelimit_headers(principal, decision))
+        if principal.budgeted:
+            ratio = self._metrics.key_budget_used
+            if principal.tokens_per_day:
+                ratio.labels(principal.name, "day").set(
+                    decision.day_charged / principal.tokens_per_day
+                )
+            if principal.tokens_per_month:
+                ratio.labels(principal.name, "month").set(
+                    decision.month_charged / principal.tokens_per_month
+                )
+        headers = ratelimit_headers(principal, decision)
+        return Reservation(principal, cost, lease, local, headers, when)
 
-    async def _decide(self, principal: Principal, cost: int, lease: str) -> tuple[Decision, bool]:
+    async def _decide(
+        self, principal: Principal, cost: int, lease: str, when: Periods
+    ) -> tuple[Decision, bool]:
         if self._shared is not None and time.monotonic() >= self._down_until:
             try:
-                decision = await self._shared.decide(principal, cost, lease)
+                decision = await self._shared.decide(principal, cost, lease, when)
             except (TimeoutError, RedisError, OSError) as exc:
                 self._trouble(exc)
             else:
@@ -128,28 +200,53 @@ class Limiter:
                     "Rate limits cannot be checked right now; retry shortly.",
                     headers={"retry-after": "1"},
                 )
-        return await self._local.decide(principal, cost, lease), True
+        return await self._local.decide(principal, cost, lease, when), True
 
-    async def settle(self, reservation: Reservation, used: int | None) -> None:
-        """Refund or charge the reservation against what the worker reported; free the lease."""
+    async def settle(
+        self,
+        reservation: Reservation,
+        used: int | None,
+        model: str | None = None,
+        prompt: int = 0,
+        completion: int = 0,
+    ) -> None:
+        """Refund or charge the reservation against what the worker reported; free the lease;
+        count the request and its tokens in the key's usage (`model`: it reached one)."""
         principal = reservation.principal
         delta = 0
-        if principal.tpm is not None:  # only then is usage asked for and read
-            if used is None:
+        if used is None:
+            if principal.tpm is not None or principal.budgeted:
                 self._metrics.usage_missing.inc()
-            else:
-                self._metrics.key_tokens.labels(principal.name).inc(used)
+        else:
+            self._metrics.key_tokens.labels(principal.name).inc(used)
+            if reservation.decided:
                 delta = reservation.reserved - used
-        if reservation.local:
-            await self._local.settle(principal, delta, reservation.lease)
-            return
-        if delta == 0 and principal.max_concurrent is None:
-            return  # nothing to give back: no Redis round trip (e.g. a key with rpm only)
-        assert self._shared is not None
+        spent = Spent(model, prompt, completion) if model and self._count_usage else None
+        if spent is None and delta == 0 and principal.max_concurrent is None:
+            return  # nothing to give back or count (e.g. a key with rpm only)
+        local = reservation.local or (
+            not reservation.decided and time.monotonic() < self._down_until
+        )  # a key without limits counts its usage here while Redis is away
+        buckets = self._local if local else self._shared
+        assert buckets is not None
         try:
-            await self._shared.settle(principal, delta, reservation.lease)
+            await buckets.settle(principal, delta, reservation.lease, spent, reservation.when)
         except (TimeoutError, RedisError, OSError) as exc:
             self._trouble(exc)  # the lease expires on its own; the refund is lost
+
+    async def usage(self, principal: Principal) -> tuple[Periods, Counters, Counters]:
+        """The key's usage this day and month (Redis: every replica's; else this process's)."""
+        when = periods()
+        if self._shared is not None:
+            try:
+                return (when, *await self._shared.usage(principal.name, when))
+            except (TimeoutError, RedisError, OSError) as exc:
+                self._trouble(exc)
+                raise LimiterUnavailable(
+                    "Usage cannot be read right now; retry shortly.",
+                    headers={"retry-after": "1"},
+                ) from None
+        return (when, *await self._local.usage(principal.name, when))
 
     def _trouble(self, exc: BaseException) -> None:
         self._metrics.redis_errors.inc()

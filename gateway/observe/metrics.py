@@ -222,6 +222,33 @@ class Metrics:
             ["key"],
             registry=self.registry,
         )
+        # Per key name (from the keys file: bounded) and model (configured: bounded).
+        self.key_requests = Counter(
+            "gateway_key_requests",
+            "Requests by key name and model that passed the key's limits (whatever the answer).",
+            ["key", "model"],
+            registry=self.registry,
+        )
+        self.key_prompt_tokens = Counter(
+            "gateway_key_prompt_tokens",
+            "Prompt tokens by key name and model, as the worker reported them.",
+            ["key", "model"],
+            registry=self.registry,
+        )
+        self.key_completion_tokens = Counter(
+            "gateway_key_completion_tokens",
+            "Completion tokens by key name and model, as the worker reported them.",
+            ["key", "model"],
+            registry=self.registry,
+        )
+        self.key_budget_used = Gauge(
+            "gateway_key_budget_used_ratio",
+            "Share of a key's token budget charged this period (day or month, UTC; in-flight "
+            "reservations included), as of the key's last admitted request.",
+            ["key", "period"],
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
         self.usage_missing = Counter(
             "gateway_usage_missing",
             "Responses without a usage report: settled on their token reservation.",
@@ -268,6 +295,9 @@ class Metrics:
         endpoint = record.endpoint
         seconds = record.duration
         self.requests.labels(model, endpoint, str(record.status)).inc()
+        key = record.key
+        if key is not None and record.model is not None:
+            self.key_requests.labels(key, model).inc()
         self.duration.labels(model, endpoint).observe(seconds)
         if not record.relayed:
             return
@@ -283,6 +313,9 @@ class Metrics:
         if usage is not None:
             self.prompt_tokens.labels(model).inc(usage.prompt)
             self.completion_tokens.labels(model).inc(usage.completion)
+            if key is not None:
+                self.key_prompt_tokens.labels(key, model).inc(usage.prompt)
+                self.key_completion_tokens.labels(key, model).inc(usage.completion)
         if record.retries:
             self.upstream_retries.labels(model).inc(record.retries)
         if record.route is not None:

@@ -1,6 +1,7 @@
 """The few amendments the gateway makes to a client's body before relaying it, spliced in
 without re-encoding what the client sent: ask vLLM for a stream's usage chunk (the token
-counters need it), and tag the request for the workers' KV-cache events (precise mode).
+counters need it), tag the request for the workers' KV-cache events (precise mode), and set
+vLLM's `priority` for models whose workers schedule by it.
 """
 
 from __future__ import annotations
@@ -37,3 +38,14 @@ def body_tagged(body: bytes, view: RequestView, tag: str) -> bytes:
     if "session_id" in view.doc:
         return body
     return _spliced(body, b'"session_id":' + orjson.dumps(tag) + b",")
+
+
+def body_prioritized(body: bytes, view: RequestView, priority: int) -> bytes:
+    """The body with vLLM's `priority` set (lower is scheduled earlier). A client's own value
+    stands only if it is no higher a priority than `priority` (it may lower, never raise)."""
+    if "priority" not in view.doc:
+        return _spliced(body, b'"priority":' + str(priority).encode() + b",")
+    own = view.doc["priority"]
+    if isinstance(own, int) and not isinstance(own, bool) and own >= priority:
+        return body
+    return orjson.dumps({**orjson.loads(body), "priority": priority})

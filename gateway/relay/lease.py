@@ -9,7 +9,7 @@ from typing import Protocol
 
 from gateway.errors import GatewayError
 from gateway.record import RequestRecord
-from gateway.routing.admission import ModelQueue
+from gateway.routing.admission import DEFAULT_PRIORITY, ModelQueue
 from gateway.routing.policy import Choice, Preference
 from gateway.routing.registry import Worker
 
@@ -33,19 +33,21 @@ class WorkerLease:
         *,
         key: str,
         prefer: Preference | None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> None:
         self._queue = queue
         self._outcomes = outcomes
         self._record = record
         self._key = key
         self._prefer = prefer
+        self._priority = priority
         self._tried: set[Worker] = set()
         self.worker: Worker | None = None
 
     async def acquire(self) -> Worker:
         """A worker of the model, maybe after waiting in its queue (GatewayError: refused)."""
         started = time.perf_counter()
-        choice = await self._queue.acquire(self._key, self._prefer)
+        choice = await self._queue.acquire(self._key, self._prefer, self._priority)
         self._record.timing.queued = time.perf_counter() - started
         self._take(choice)
         return choice.worker

@@ -1,10 +1,17 @@
 """Admission: take a worker for a request now, or wait for one in a bounded per-model queue.
 
-When every worker that takes traffic is saturated, requests wait, fair across keys: released
-round-robin by key, and when the queue is full a newcomer pushes out the newest waiter of the
-key holding the most places (so one key cannot fill it) or, failing that, is refused. Full →
-503 at once with a Retry-After from the recent drain rate; waited too long → 503; a client that
-leaves is removed at once. No worker taking traffic at all → 503 `no_healthy_backend`.
+When every worker that takes traffic is saturated, requests wait. The queue is ordered by
+priority class first (the key's `priority`, maybe lowered by the request; a lower number goes
+first: interactive 0, standard 1, batch 2), then fair across keys within a class: released
+round-robin by key. Waiting ages a class: it counts one class higher for every `aging` seconds
+its oldest waiter has waited, so a lower class is never starved (batch ties interactive after
+2 x aging and goes first after 3 x aging; a tie goes to the higher class).
+
+When the queue is full, a newcomer pushes out the newest waiter of the lowest class present if
+that class is lower than its own; within its own class, the newest waiter of the key holding
+the most places (so one key cannot fill it); failing both, it is refused. Full → 503 at once
+with a Retry-After from the recent drain rate; waited too long → 503; a client that leaves is
+removed at once. No worker taking traffic at all → 503 `no_healthy_backend`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ class QueueSettings:
     depth: int  # waiting requests per model (per gateway process); 0 = refuse at once
     timeout: float  # seconds a request may wait
     stale_after: float  # scraped worker load older than this is unknown
+    aging: float = 5.0  # seconds of waiting that promote a class by one
+
+
+DEFAULT_PRIORITY = 1  # standard (gateway.config.keys.PRIORITY_CLASSES)
 
 
 @dataclass(eq=False, slots=True)
@@ -36,13 +47,15 @@ class Waiter:
     prefer: Preference | None
     future: asyncio.Future[Choice]
     since: float = field(default=0.0)
+    level: int = DEFAULT_PRIORITY
 
 
 class ModelQueue:
     def __init__(self, route: ModelRoute, settings: QueueSettings, metrics: Metrics) -> None:
         self.route = route
         self._settings = settings
-        self._by_key: dict[str, deque[Waiter]] = {}  # insertion order is the round-robin order
+        # class -> key -> its waiters; a class's key order is its round-robin order
+        self._levels: dict[int, dict[str, deque[Waiter]]] = {}
         self.size = 0
         self._released: deque[float] = deque(maxlen=_DRAIN_WINDOW)
         self._loop = asyncio.get_running_loop()
@@ -51,7 +64,9 @@ class ModelQueue:
         self._rejections = metrics.queue_rejections
         self._depth_gauge.set(0)
 
-    async def acquire(self, key: str, prefer: Preference | None) -> Choice:
+    async def acquire(
+        self, key: str, prefer: Preference | None, priority: int = DEFAULT_PRIORITY
+    ) -> Choice:
         """A worker with a slot taken for this request (give it back with release())."""
         now = self._loop.time()
         try:
@@ -60,7 +75,7 @@ class ModelQueue:
             raise self._no_backend(now) from None
         if choice is not None and not self.size:  # nobody is waiting ahead of this request
             return self._assign(choice, prefer)
-        return await self._wait(Waiter(key, prefer, self._loop.create_future(), now))
+        return await self._wait(Waiter(key, prefer, self._loop.create_future(), now, priority))
 
     def take_another(
         self, exclude: frozenset[Worker], prefer: Preference | None = None
@@ -99,7 +114,7 @@ class ModelQueue:
             now = self._loop.time()
             waiter = self._peek()
             if waiter.future.done():  # its client just left; it is on its way out
-                self._pop_next()
+                self._pop(waiter)
                 continue
             try:
                 choice = choose(self.route, now, self._settings.stale_after, prefer=waiter.prefer)
@@ -108,7 +123,7 @@ class ModelQueue:
                 return
             if choice is None:
                 return
-            self._pop_next()
+            self._pop(waiter)
             waiter.future.set_result(self._assign(choice, waiter.prefer))
             self._released.append(now)
             self._wait_histogram.observe(now - waiter.since)
@@ -144,20 +159,32 @@ class ModelQueue:
 
     def _push(self, waiter: Waiter) -> None:
         if self.size >= self._settings.depth:
-            self._make_room(waiter.key)
-        self._by_key.setdefault(waiter.key, deque()).append(waiter)
+            self._make_room(waiter)
+        level = self._levels.setdefault(waiter.level, {})
+        level.setdefault(waiter.key, deque()).append(waiter)
         self.size += 1
         self._depth_gauge.set(self.size)
 
-    def _make_room(self, key: str) -> None:
-        mine = len(self._by_key.get(key, ()))
-        biggest = max(self._by_key, key=lambda k: len(self._by_key[k]), default=None)
-        if biggest is None or len(self._by_key[biggest]) <= mine + 1:
+    def _make_room(self, newcomer: Waiter) -> None:
+        if not self._levels:
             self._rejections.labels(self.route.name, "full").inc()
             raise self._full()
-        victim = self._by_key[biggest].pop()  # the newest waiter of the key holding the most
-        self._forget_key_if_empty(biggest)
-        self.size -= 1
+        lowest = max(self._levels)  # the lowest class present
+        if lowest > newcomer.level:  # a higher class pushes out the lowest class's newest
+            waiters = self._levels[lowest].values()
+            victim = max((queue[-1] for queue in waiters), key=lambda w: w.since)
+        elif lowest == newcomer.level:  # same class: the newest of the key holding the most
+            by_key = self._levels[lowest]
+            mine = len(by_key.get(newcomer.key, ()))
+            biggest = max(by_key, key=lambda k: len(by_key[k]))
+            if len(by_key[biggest]) <= mine + 1:
+                self._rejections.labels(self.route.name, "full").inc()
+                raise self._full()
+            victim = by_key[biggest][-1]
+        else:
+            self._rejections.labels(self.route.name, "full").inc()
+            raise self._full()
+        self._remove(victim)
         self._rejections.labels(self.route.name, "full").inc()
         if not victim.future.done():
             victim.future.set_exception(self._full())
@@ -169,37 +196,54 @@ class ModelQueue:
         )
 
     def _peek(self) -> Waiter:
-        return self._by_key[next(iter(self._by_key))][0]
+        """The next waiter: the class that goes first (aged), then its round-robin turn."""
+        levels = self._levels
+        if len(levels) == 1:
+            by_key = next(iter(levels.values()))
+        else:
+            now, aging = self._loop.time(), self._settings.aging
+            best: tuple[int, int] | None = None
+            for level, keys in levels.items():
+                oldest = min(queue[0].since for queue in keys.values())
+                rank = (level - int((now - oldest) / aging), level)
+                if best is None or rank < best:
+                    best = rank
+            assert best is not None
+            by_key = levels[best[1]]
+        return by_key[next(iter(by_key))][0]
 
-    def _pop_next(self) -> Waiter:
-        key = next(iter(self._by_key))
-        waiters = self._by_key.pop(key)
-        waiter = waiters.popleft()
+    def _pop(self, waiter: Waiter) -> None:
+        """Take `waiter` (the head of its key's line) and send its key to the back of the round."""
+        by_key = self._levels[waiter.level]
+        waiters = by_key.pop(waiter.key)
+        waiters.popleft()
         if waiters:
-            self._by_key[key] = waiters  # to the back of the round
+            by_key[waiter.key] = waiters
+        elif not by_key:
+            del self._levels[waiter.level]
         self.size -= 1
         self._depth_gauge.set(self.size)
-        return waiter
 
     def _remove(self, waiter: Waiter) -> None:
-        waiters = self._by_key.get(waiter.key)
-        if waiters is None or waiter not in waiters:
+        by_key = self._levels.get(waiter.level)
+        waiters = by_key.get(waiter.key) if by_key is not None else None
+        if by_key is None or waiters is None or waiter not in waiters:
             return
         waiters.remove(waiter)
-        self._forget_key_if_empty(waiter.key)
+        if not waiters:
+            del by_key[waiter.key]
+            if not by_key:
+                del self._levels[waiter.level]
         self.size -= 1
         self._depth_gauge.set(self.size)
 
-    def _forget_key_if_empty(self, key: str) -> None:
-        if not self._by_key[key]:
-            del self._by_key[key]
-
     def _fail_all(self, error: NoHealthyBackend) -> None:
-        for waiters in self._by_key.values():
-            for waiter in waiters:
-                if not waiter.future.done():
-                    waiter.future.set_exception(error)
-        self._by_key.clear()
+        for by_key in self._levels.values():
+            for waiters in by_key.values():
+                for waiter in waiters:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(error)
+        self._levels.clear()
         self.size = 0
         self._depth_gauge.set(0)
 

@@ -67,6 +67,7 @@ def test_rows_follow_the_issue_order() -> None:
     assert [row.title for row in ROWS] == [
         "The four signals", "Errors", "Rate limits", "Workers", "KV cache", "Latency details",
         "Cache-aware routing",
+        "Budgets and priority",
     ]  # fmt: skip
 
 

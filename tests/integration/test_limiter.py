@@ -13,7 +13,8 @@ import redis
 
 from gateway.config.keys import Principal
 from gateway.errors import LimiterUnavailable, RateLimited
-from gateway.limits.buckets import Decision, LocalBuckets
+from gateway.limits.buckets import Counters, Decision, LocalBuckets, Spent
+from gateway.limits.budget import Periods
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.metrics import Metrics
@@ -117,8 +118,9 @@ async def test_limiter_concurrency_refusal_is_a_429_and_settle_frees_the_slot(
     assert int(refused.value.headers["retry-after"]) >= 1
     await gate.settle(admission, 7)
     await gate.settle(await gate.admit(principal, 10), None)  # the slot came back
-    # Tokens are only accounted for keys with a tpm limit (only they ask for usage).
-    assert sample(metrics, "gateway_key_tokens_total", key=principal.name) == 0
+    # Tokens are counted for every key (usage per key); a missing usage report only counts
+    # for keys whose limits need it (tpm, budgets).
+    assert sample(metrics, "gateway_key_tokens_total", key=principal.name) == 7
     assert sample(metrics, "gateway_usage_missing_total") == 0
     counted = key(tpm=1000, max_concurrent=1)
     await gate.settle(await gate.admit(counted, 10), 7)
@@ -195,7 +197,9 @@ class ScriptedRedis:
         self._replies = replies
         self.started = asyncio.Event()
 
-    async def decide(self, principal: Principal, cost: int, lease: str) -> Decision:
+    async def decide(
+        self, principal: Principal, cost: int, lease: str, when: Periods | None = None
+    ) -> Decision:
         reply = self._replies.pop(0) if self._replies else None
         if isinstance(reply, Exception):
             raise reply
@@ -204,8 +208,18 @@ class ScriptedRedis:
             await reply.wait()
         return Decision(True, "", 0.0, 99.0, 0.0)
 
-    async def settle(self, principal: Principal, delta: int, lease: str) -> None:
+    async def settle(
+        self,
+        principal: Principal,
+        delta: int,
+        lease: str,
+        spent: Spent | None = None,
+        when: Periods | None = None,
+    ) -> None:
         return None
+
+    async def usage(self, name: str, when: Periods) -> tuple[Counters, Counters]:
+        return {}, {}
 
     async def aclose(self) -> None:
         return None

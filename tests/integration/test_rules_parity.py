@@ -11,8 +11,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
-from gateway.limits.buckets import Buckets, LocalBuckets
+from gateway.limits.buckets import Buckets, LocalBuckets, Spent
+from gateway.limits.budget import periods
 from gateway.limits.redis_buckets import RedisBuckets
 from gateway.routing.ejections import Backoff, Ejections, LocalEjections, RedisEjections
 from tests.principals import key, lease
@@ -149,6 +151,86 @@ async def test_a_refused_request_takes_nothing_from_any_limit(backend: Buckets) 
         assert refused.refused == "concurrency"
     assert int(refused.requests_left) == 1
     assert 600 <= refused.tokens_left < 610
+
+
+async def test_a_budget_admits_while_charged_plus_cost_fits_and_settle_reconciles(
+    backend: Buckets,
+) -> None:
+    principal = key(tokens_per_day=1000, tokens_per_month=5000)
+    when = periods()
+    claims = [lease() for _ in range(3)]
+    for n, claim in enumerate(claims, start=1):
+        decision = await backend.decide(principal, 300, claim, when)
+        assert decision.admitted
+        assert (decision.day_charged, decision.month_charged) == (300 * n, 300 * n)
+    refused = await backend.decide(principal, 101, lease(), when)  # 900 + 101 > 1000
+    assert (refused.admitted, refused.refused) == (False, "day")
+    assert refused.retry_after < 0
+    assert refused.day_charged == 900  # a refusal charges nothing
+    # two of them used 100 of their 300: 400 come back, to both periods
+    for claim in claims[:2]:
+        await backend.settle(principal, 300 - 100, claim, Spent("m", 60, 40), when)
+    admitted = await backend.decide(principal, 400, lease(), when)
+    assert admitted.admitted
+    assert (admitted.day_charged, admitted.month_charged) == (900, 900)
+    # an overrun is charged too
+    await backend.settle(principal, 300 - 450, claims[2], Spent("m", 400, 50), when)
+    assert (await backend.decide(principal, 0, lease(), when)).day_charged == 1050
+    assert (await backend.decide(principal, 1, lease(), when)).refused == "day"
+    day, month = await backend.usage(principal.name, when)
+    for counters in (day, month):
+        assert counters["budget"] == 1050
+        assert counters["m|requests"] == 3
+        assert counters["m|prompt"] == 520
+        assert counters["m|completion"] == 130
+
+
+async def test_a_month_budget_refuses_on_its_own_and_a_request_above_it_never_passes(
+    backend: Buckets,
+) -> None:
+    principal = key(tokens_per_month=500)
+    assert (await backend.decide(principal, 501, lease())).refused == "month"
+    assert (await backend.decide(principal, 500, lease())).admitted
+    assert (await backend.decide(principal, 1, lease())).refused == "month"
+
+
+async def test_a_key_without_budget_counts_usage_but_charges_nothing(backend: Buckets) -> None:
+    principal = key(rpm=100)
+    when = periods()
+    claim = lease()
+    assert (await backend.decide(principal, 50, claim, when)).day_charged == 0
+    await backend.settle(principal, 40, claim, Spent("m", 7, 3), when)
+    await backend.settle(principal, 0, "", Spent("other", 1, 1), when)
+    day, _ = await backend.usage(principal.name, when)
+    assert day.get("budget", 0) == 0
+    assert (day["m|prompt"], day["m|completion"], day["other|requests"]) == (7, 3, 1)
+
+
+async def test_a_waiting_settle_rides_in_the_next_admit_of_its_key(redis_url: str) -> None:
+    """One EVALSHA for the settle of a finished request and the admit of the next: one round
+    trip per request."""
+    buckets = RedisBuckets(redis_url, timeout=2.0, lease_ttl=60.0, settle_delay=10.0)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        principal = key(rpm=1000, tpm=100_000, max_concurrent=1)
+        claim = lease()
+        assert (await buckets.decide(principal, 500, claim)).admitted
+        calls = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        for _ in range(20):
+            await buckets.settle(principal, 400, claim, Spent("m", 60, 40))
+            claim = lease()
+            decision = await buckets.decide(principal, 500, claim)
+            assert decision.admitted  # the lease came back first, in the same script
+        after = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert after - calls == 20
+        assert 97_500 <= decision.tokens_left <= 98_500  # each round: +400 back, -500 taken
+        await buckets.settle(principal, 400, claim, Spent("m", 60, 40))
+        await buckets.flush()  # what has no admit to ride in goes alone
+        day, _ = await buckets.usage(principal.name, periods())
+        assert day["m|requests"] == 21
+    finally:
+        client.close()
+        await buckets.aclose()
 
 
 async def test_redis_lease_of_a_vanished_holder_expires_after_its_ttl(redis_url: str) -> None:

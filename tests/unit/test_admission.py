@@ -211,3 +211,94 @@ async def test_retry_after_reads_only_the_recent_drain_rate() -> None:
     assert queue._retry_after() == 1  # says nothing about now (not 21 s at that old rate)
     queue._released.extend([now - 1 + i / 10 for i in range(10)])  # ten a second, now
     assert queue._retry_after() == 3  # 21 / 10 a second (not 60 from the hour-long span)
+
+
+# --- priority classes ---------------------------------------------------------------------------
+
+INTERACTIVE, STANDARD, BATCH = 0, 1, 2
+
+
+def make_classed_queue(depth: int = 10, aging: float = 60.0) -> ModelQueue:
+    route = ModelRoute("m", (Worker("w0", "m", "http://w0"),), max_inflight_per_worker=1)
+    return ModelQueue(route, QueueSettings(depth, 5.0, 3.0, aging), Metrics())
+
+
+async def test_a_higher_class_is_served_first_and_round_robin_across_keys_within_it() -> None:
+    queue = make_classed_queue()
+    busy = (await queue.acquire("x", None)).worker
+    order: list[str] = []
+
+    async def request(key: str, level: int) -> None:
+        worker = (await queue.acquire(key, None, level)).worker
+        order.append(key)
+        await asyncio.sleep(0)
+        queue.release(worker)
+
+    tasks = [asyncio.create_task(request("nightly", BATCH)) for _ in range(3)]
+    await settle()
+    tasks += [asyncio.create_task(request("etl", STANDARD)) for _ in range(2)]
+    tasks += [asyncio.create_task(request("ui-a", INTERACTIVE)) for _ in range(2)]
+    tasks += [asyncio.create_task(request("ui-b", INTERACTIVE)) for _ in range(2)]
+    await settle()
+    queue.release(busy)
+    await asyncio.gather(*tasks)
+    assert order == ["ui-a", "ui-b", "ui-a", "ui-b", "etl", "etl", "nightly", "nightly", "nightly"]
+
+
+async def test_aging_promotes_a_waiting_lower_class_so_it_is_not_starved() -> None:
+    queue = make_classed_queue(aging=0.05)
+    busy = (await queue.acquire("x", None)).worker
+    batch = asyncio.create_task(queue.acquire("nightly", None, BATCH))
+    await settle()
+    # interactive requests keep arriving; batch ties them after 2 x aging, passes after 3 x
+    served: list[str] = []
+    for _ in range(40):
+        ui = asyncio.create_task(queue.acquire("ui", None, INTERACTIVE))
+        await settle()
+        queue.release(busy)
+        await settle()
+        if batch.done():
+            served.append("nightly")
+            busy = batch.result().worker
+            queue.release(busy)
+            await ui
+            busy = ui.result().worker
+            break
+        busy = (await ui).worker
+        served.append("ui")
+        await asyncio.sleep(0.01)
+    assert served[-1] == "nightly", served
+    assert 10 <= served.count("ui") <= 25  # waited ~0.15 s behind ~0.01 s interactive turns
+    queue.release(busy)
+
+
+async def test_a_full_queue_sheds_the_newest_waiter_of_the_lowest_class_for_a_higher_one() -> None:
+    queue = make_classed_queue(depth=3)
+    busy = (await queue.acquire("x", None)).worker
+    old_batch = asyncio.create_task(queue.acquire("nightly", None, BATCH))
+    await settle()
+    standard = asyncio.create_task(queue.acquire("etl", None, STANDARD))
+    await settle()
+    new_batch = asyncio.create_task(queue.acquire("nightly-2", None, BATCH))
+    await settle()
+    ui = asyncio.create_task(queue.acquire("ui", None, INTERACTIVE))
+    await settle()
+    assert new_batch.done()
+    with pytest.raises(ServerOverloaded) as shed:
+        new_batch.result()
+    assert shed.value.code == "server_overloaded"
+    assert not old_batch.done()
+    assert not standard.done()
+    assert not ui.done()
+    # a batch newcomer finds no lower class to push out: refused on the spot
+    with pytest.raises(ServerOverloaded):
+        await queue.acquire("nightly-3", None, BATCH)
+    queue.release(busy)
+    busy = (await ui).worker
+    queue.release(busy)
+    busy = (await standard).worker
+    queue.release(busy)
+    busy = (await old_batch).worker
+    queue.release(busy)
+    assert queue.size == 0
+    assert busy.inflight == 0

@@ -70,3 +70,63 @@ def test_a_reload_logs_the_names_added_and_removed_and_a_broken_file_keeps_the_o
     path.write_text("")  # truncated to nothing, e.g. a failed copy
     assert not store.reload_if_changed()
     assert store.lookup(two) is not None  # the previous keys stay in force
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", "urgent"),  # no such class
+        ("priority", "-7"),
+        ("priority", "1.5"),
+        ("tokens_per_day", "-250"),  # negative budget
+        ("tokens_per_day", "0"),
+        ("tokens_per_month", "2.5"),  # not a whole number
+        ("tokens_per_month", "'9000'"),  # a string is not a number of tokens
+    ],
+)
+def test_a_bad_priority_or_budget_names_the_key_and_the_field_never_the_value(
+    field: str, value: str
+) -> None:
+    text = f"keys:\n  - {{name: nightly, sha256: {hash_key(KEY)}, {field}: {value}}}\n"
+    with pytest.raises(ConfigError) as refused:
+        parse_keys(text, "keys.yaml")
+    message = str(refused.value)
+    assert f"keys[0] (name=nightly).{field}" in message
+    if len(value.strip("'")) > 1:  # ("0" is in "keys[0]")
+        assert value.strip("'") not in message
+    assert hash_key(KEY)[:12] not in message
+
+
+def test_priority_classes_and_numbers_and_budgets_are_read() -> None:
+    keys = [new_key() for _ in range(4)]
+    text = (
+        "keys:\n"
+        f"  - {{name: ui, sha256: {hash_key(keys[0])}, priority: interactive}}\n"
+        f"  - {{name: etl, sha256: {hash_key(keys[1])}}}\n"
+        f"  - {{name: nightly, sha256: {hash_key(keys[2])}, priority: batch,"
+        " tokens_per_day: 1000000, tokens_per_month: 20000000}\n"
+        f"  - {{name: research, sha256: {hash_key(keys[3])}, priority: 5}}\n"
+    )
+    table = parse_keys(text, "keys.yaml")
+    ui, etl, nightly, research = (table[hash_key(k)] for k in keys)
+    assert (ui.priority, etl.priority, nightly.priority, research.priority) == (0, 1, 2, 5)
+    assert (nightly.tokens_per_day, nightly.tokens_per_month) == (1_000_000, 20_000_000)
+    assert nightly.budgeted
+    assert nightly.limited
+    assert not ui.budgeted
+    assert not ui.limited
+
+
+def test_a_reload_with_a_bad_class_keeps_the_old_keys_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    one = new_key()
+    path.write_text(f"keys:\n  - {{name: one, sha256: {hash_key(one)}, priority: batch}}\n")
+    store = KeyStore(path)
+    path.write_text(f"keys:\n  - {{name: one, sha256: {hash_key(one)}, priority: asap}}\n")
+    assert not store.reload_if_changed(force=True)
+    principal = store.lookup(one)
+    assert principal is not None
+    assert principal.priority == 2
+    path.write_text(f"keys:\n  - {{name: one, sha256: {hash_key(one)}, tokens_per_day: -1}}\n")
+    assert not store.reload_if_changed(force=True)
+    assert store.lookup(one) == principal

@@ -300,3 +300,16 @@ def test_stand_in_config_keeps_workers_launched_and_points_adapters_locally(
     served = LocalWorkers(config, cache_dir=tmp_path).stand_in_config()
     assert [m.workers for m in served.models] == [m.workers for m in config.models]
     assert served.models[0].adapters[1].path == str(tmp_path / "adapters" / "chat-law")
+
+
+def test_a_model_scheduling_by_priority_launches_vllm_with_the_priority_policy() -> None:
+    config = parse_models_config(
+        "models:\n"
+        "  - {name: p, model: org/P, scheduling_policy: priority,"
+        " workers: [{name: p-0, gpus: [0], port: 8101}]}\n"
+        "  - {name: f, model: org/F, workers: [{name: f-0, gpus: [1], port: 8102}]}\n"
+    )
+    by_priority, first_come = config.models
+    flags = vllm_flags(by_priority, by_priority.workers[0])
+    assert flags[flags.index("--scheduling-policy") + 1] == "priority"
+    assert "--scheduling-policy" not in vllm_flags(first_come, first_come.workers[0])
