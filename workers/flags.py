@@ -21,7 +21,7 @@ RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 # server's memory until it restarts. Local CPU workers set it; deployments opt in.
 RESPONSES_STORE_ENV = "VLLM_ENABLE_RESPONSES_API_STORE"
 # vLLM closes a keep-alive connection after 5 idle seconds by default, while the gateway keeps
-# idle pooled connections for 30 s (gateway/relay/upstream.py): a request sent on a connection
+# idle pooled connections for 30 s (gateway/relay/h1.py): a request sent on a connection
 # the server is just closing fails (ClientOSError, a 502). The worker must outlast the pool.
 KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
 WORKER_KEEP_ALIVE_SECONDS = 75
