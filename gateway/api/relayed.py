@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
@@ -182,7 +183,7 @@ def _target(state: AppState, principal: Principal, view: RequestView, home: Home
     if home is not None:
         return Target(queue, _home_worker(state, route, home, now, view))
     assert adapter is not None
-    return _adapter_target(queue, route, adapter, now)
+    return _adapter_target(queue, route, adapter, now, state.adapters.loading)
 
 
 def _home_worker(
@@ -204,7 +205,13 @@ def _home_worker(
     return frozenset({worker})
 
 
-def _adapter_target(queue: ModelQueue, route: ModelRoute, adapter: str, now: float) -> Target:
+def _adapter_target(
+    queue: ModelQueue,
+    route: ModelRoute,
+    adapter: str,
+    now: float,
+    loading: Callable[[tuple[Worker, ...], str], Worker | None],
+) -> Target:
     """Workers with the adapter loaded; else one to load it on at run time (when the model
     allows it: loading is idempotent, so a worker whose adapters are not known yet gets a
     load; without run-time loading such a worker is trusted to have been launched with it)."""
@@ -218,7 +225,8 @@ def _adapter_target(queue: ModelQueue, route: ModelRoute, adapter: str, now: flo
         return Target(queue, having)
     live = [w for w in route.workers if w.takes_traffic(now)]
     if route.runtime_lora and live:
-        worker = min(live, key=lambda w: w.inflight)
+        pending = loading(route.workers, adapter)  # join a load under way, never start two
+        worker = pending if pending in live else min(live, key=lambda w: w.inflight)
         return Target(queue, frozenset({worker}), (worker, adapter, route.adapters[adapter]))
     if having:
         return Target(queue, having)  # all down: the queue says no_healthy_backend

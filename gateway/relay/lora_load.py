@@ -24,6 +24,11 @@ class AdapterLoader:
         self._timeout = timeout
         self._loads: dict[tuple[str, str], asyncio.Task[None]] = {}
 
+    def loading(self, workers: tuple[Worker, ...], name: str) -> Worker | None:
+        """The worker among `workers` on which adapter `name` is being loaded now, if any: the
+        requests that ask for it meanwhile wait for that load rather than start another."""
+        return next((w for w in workers if (w.url, name) in self._loads), None)
+
     async def ensure(self, worker: Worker, name: str, path: str, request_id: str) -> None:
         """Return once `worker` has adapter `name` loaded (GatewayError: it could not be)."""
         if worker.adapters is not None and name in worker.adapters:

@@ -163,13 +163,17 @@ class Health:
         timeout = self.settings.timeout
         route = self._registry.route(worker.model)
         lora = route is not None and (bool(route.adapters) or route.runtime_lora)
+        adapters_before = worker.adapters
         verdict, metrics, models = await asyncio.gather(
             self._prober.check(worker.url + "/health", timeout),
             self._prober.fetch(worker.url + "/metrics", timeout),
             self._prober.fetch(worker.url + "/v1/models", timeout) if lora else _nothing(),
         )
         if models is not None:
-            worker.adapters = loaded_adapters(models)
+            seen = loaded_adapters(models)
+            if seen is not None and worker.adapters is not adapters_before and worker.adapters:
+                seen |= worker.adapters  # loaded while the probe was out: its answer predates it
+            worker.adapters = seen
         now = self._loop.time()
         if metrics is not None:
             self._read_metrics(worker, metrics.decode(errors="replace"), now)

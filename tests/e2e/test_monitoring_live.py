@@ -163,8 +163,20 @@ def _every_target_scraped(live: Live) -> bool:
     return len(up) == 2 + sum(len(m.workers) for m in live.models.models) - 1
 
 
+# Long enough to span several prefix blocks (cache-aware routing) and a vLLM cache block, so
+# the prefix-cache panels have samples: sent twice, the second finds it cached.
+LONG_CHAT: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "You answer in one word. " + "Context sentence. " * 200},
+    {"role": "user", "content": "Say something."},
+]
+
+
 def _send_requests(live: Live) -> None:
     client = live.client()
+    for _ in range(2):  # the first model has two workers: cache-aware routing applies
+        client.chat.completions.create(
+            model=live.models.models[0].name, messages=LONG_CHAT, max_tokens=4
+        )
     for model in (m.name for m in live.models.models[:2]):
         client.chat.completions.create(model=model, messages=CHAT, max_tokens=8)
         client.completions.create(model=model, prompt="Once upon a time", max_tokens=8)
