@@ -114,8 +114,9 @@ def live(
     key, limited_key = new_key(), new_key()
     (tmp / "keys.yaml").write_text(
         "keys:\n"
-        # A tpm limit far above the traffic: the gateway counts tokens per key for such keys.
-        f"  - {{name: live, sha256: {hash_key(key)}, tpm: 100000000}}\n"
+        # A tpm limit and a daily budget far above the traffic: the budget panel has a series.
+        f"  - {{name: live, sha256: {hash_key(key)}, tpm: 100000000,"
+        " tokens_per_day: 1000000000}\n"
         f"  - {{name: live-limited, sha256: {hash_key(limited_key)}, rpm: 1}}\n"
     )
     procs: list[Proc] = []
