@@ -1,6 +1,7 @@
 """A lean HTTP/1.1 client for worker traffic: asyncio protocols, httptools' C parser, a pool of
-keep-alive connections. It does what the relay needs and nothing more: POST a body, read the
-status and two headers, then the body as it arrives (Content-Length, chunked, or until close).
+keep-alive connections. It does what the relay needs and nothing more: send a request (POST with
+a body; GET or DELETE for a stored response), read the status and two headers, then the body as
+it arrives (Content-Length, chunked, or until close).
 
 Measured against aiohttp in the same runs (bench/RESULTS.md): the general-purpose client spent
 most of the gateway's CPU per streamed chunk and per request on its own machinery (stream

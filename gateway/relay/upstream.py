@@ -33,8 +33,9 @@ Switch = Callable[[Worker, GatewayError], Worker | None]
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """A POST to a worker: the path, the body as the client sent it (or amended), the request
-    id and any further headers (e.g. traceparent)."""
+    """A request to a worker (a POST, or the client's method for a stored response): the path,
+    the body as the client sent it (or amended), the request id and any further headers (e.g.
+    traceparent), the method and the body's content type."""
 
     path: str
     body: bytes
