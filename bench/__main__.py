@@ -31,6 +31,7 @@ from bench.targets import (
     BASE_ENV,
     FLOOR,
     MODEL,
+    RAW_FLOOR,
     GatewayConfig,
     Target,
     new_api_key,
@@ -94,7 +95,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also measure bench/floor_relay.py, a 30-line relay: the least our stack can cost",
+        help="also measure the floors: bench/floor_relay.py, a 30-line FastAPI relay (the least "
+        "our stack can cost), and bench/raw_floor.py, a bare asyncio relay (the least Python can)",
     )
     parser.add_argument(
         "--nginx",
@@ -123,9 +125,11 @@ def configurations(args: argparse.Namespace) -> list[GatewayConfig]:
         return [GatewayConfig(args.label, common, args.processes)]
     configs = [parse_config_set(spec, common, args.processes) for spec in args.config_set]
     labels = [config.label for config in configs]
-    if len(set(labels)) != len(labels) or {"direct", "floor", nginx.LABEL} & set(labels):
+    reserved = {"direct", FLOOR.label, RAW_FLOOR.label, nginx.LABEL}
+    if len(set(labels)) != len(labels) or reserved & set(labels):
         raise SystemExit(
-            f"config set names must be unique, not 'direct', 'floor' or 'nginx': {labels}"
+            "config set names must be unique, not 'direct', 'floor', 'raw-floor' or 'nginx': "
+            f"{labels}"
         )
     return configs
 
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("- nginx: not installed (make tools installs nginx-light), not measured")
         print("bench: nginx is not installed; measuring without it", file=sys.stderr)
     if args.floor:
-        configs.append(FLOOR)
+        configs += [FLOOR, RAW_FLOOR]
     now = datetime.now(UTC)
     stamp = now.strftime("%Y%m%d-%H%M%S")
     logs = args.out / f"logs-{stamp}"

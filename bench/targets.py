@@ -39,7 +39,7 @@ class GatewayConfig:
     env: dict[str, str] = field(default_factory=dict)
     processes: int = 1
     key_limits: dict[str, int] = field(default_factory=dict)  # of the bench's API key
-    module: str = "gateway"  # what runs: the gateway, or bench.floor_relay (the floor)
+    module: str = "gateway"  # what runs: the gateway, or a reference relay (the floors)
     checkout: Path | None = None  # run the gateway of another checkout (A/B of a change)
 
     @property
@@ -61,6 +61,7 @@ class GatewayConfig:
 
 
 FLOOR = GatewayConfig("floor", module="bench.floor_relay")
+RAW_FLOOR = GatewayConfig("raw-floor", module="bench.raw_floor")
 
 
 def _revision(checkout: Path) -> str:

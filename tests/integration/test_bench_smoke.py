@@ -98,7 +98,7 @@ def test_paced_scenarios_beside_nginx_and_the_floor(tmp_path: Path) -> None:
     for heading in ("## paced128: 128 paced streams", "## paced1024: 1024 paced streams"):
         assert heading in text
     assert "offered 21,333 chunks/s" in text  # 128 x 5 events over 3 steps of 10 ms
-    targets = ["| direct", "| gateway `bare`", "| gateway `floor`"]
+    targets = ["| direct", "| gateway `bare`", "| gateway `floor`", "| gateway `raw-floor`"]
     if nginx:
         targets.append("| nginx (plain proxy)")
     else:
