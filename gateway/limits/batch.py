@@ -1,11 +1,10 @@
-"""Send concurrent Lua script calls to Redis together, in one pipeline.
+"""Send concurrent Lua script calls to Redis together, in one batch.
 
-redis-py spends ~150 µs of CPU per single command; pipelined, ~60 µs per command (measured:
-64 concurrent EVALSHA, bench/RESULTS.md). Calls made while another call or a pipeline is in
-flight wait for the next pipeline, so under load one round trip serves many requests; a lone
-call goes out at once, as a plain command.
+One batch in flight at a time, over one link (gateway/limits/resp.py; redis-py's pipeline for
+the URL schemes it does not speak). Calls made while a batch is in flight wait for the next
+one, so under load one round trip serves many requests; a lone call goes out at once.
 
-Deferred calls (settles, which nobody waits for) go out at the head of the next call's pipeline,
+Deferred calls (settles, which nobody waits for) go out at the head of the next call's batch,
 or on their own when `kick()` says they are due: they never cost a round trip of their own on a
 request's path.
 """
@@ -15,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from gateway.limits.resp import Command
 
 log = logging.getLogger("gateway.limits.batch")
 
@@ -27,14 +28,33 @@ _Call = tuple[AsyncScript, Sequence[str], Sequence[Any], "asyncio.Future[Any] | 
 Deferred = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 
 
+class Link(Protocol):
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """The replies in order, an error reply as its exception in its place."""
+        ...
+
+
+class PipelineLink:
+    """redis-py's pipeline as a Link (for Redis URLs the limiter's own link does not speak)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
+
 class ScriptBatcher:
     def __init__(
         self,
-        redis: Redis,
+        link: Link,
         take_deferred: Callable[[], list[Deferred]] | None = None,
         has_deferred: Callable[[], bool] | None = None,
     ) -> None:
-        self._redis = redis
+        self._link = link
         self._queue: list[_Call] = []
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
@@ -44,11 +64,9 @@ class ScriptBatcher:
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if not self._draining:
             # Nothing in flight: send this call at once (with the deferred calls waiting, in one
-            # pipeline); calls made meanwhile queue up and go out together afterwards.
+            # batch); calls made meanwhile queue up and go out together afterwards.
             self._draining = True
             try:
-                if not self._has_deferred():
-                    return await script(keys=list(keys), args=list(args))
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 await self._send([(script, keys, args, future)])
                 return await future
@@ -93,11 +111,11 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         calls: list[_Call] = [(*call, None) for call in self._take_deferred()] + batch
-        pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args, _ in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        commands = [
+            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in calls
+        ]
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._link.execute(commands)
         except BaseException as exc:
             for *_, future in calls:
                 if future is not None and not future.done():

@@ -24,9 +24,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.config.keys import Principal
-from gateway.limits.batch import Deferred, ScriptBatcher
+from gateway.limits.batch import Deferred, PipelineLink, ScriptBatcher
 from gateway.limits.buckets import Counters, Decision, Spent
 from gateway.limits.budget import KEEP_DAY, KEEP_MONTH, Periods, periods
+from gateway.limits.resp import RespLink, supports
 
 _SCRIPTS = Path(__file__).parent
 _RUN_ALONE = "-- run alone\n"
@@ -56,7 +57,8 @@ def _ttls(when: Periods) -> tuple[int, int]:
 
 
 class RedisBuckets:
-    """admit.lua and settle.lua, through one pooled redis-py client with tight timeouts."""
+    """admit.lua and settle.lua with tight timeouts: on the request path through the limiter's
+    own link (resp.py), reads of usage through redis-py."""
 
     def __init__(
         self, url: str, timeout: float, lease_ttl: float, settle_delay: float = 0.005
@@ -79,7 +81,9 @@ class RedisBuckets:
         self._admit = self._redis.register_script(shared + (_SCRIPTS / "admit.lua").read_text())
         self._pending: dict[tuple[str, str, str], _Pending] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._batch = ScriptBatcher(self._redis, self._take_pending, lambda: bool(self._pending))
+        self._link = RespLink(url, timeout) if supports(url) else None
+        link = self._link or PipelineLink(self._redis)
+        self._batch = ScriptBatcher(link, self._take_pending, lambda: bool(self._pending))
 
     @staticmethod
     def _keys(name: str, when: Periods) -> list[str]:
@@ -188,6 +192,8 @@ class RedisBuckets:
         with contextlib.suppress(Exception):  # Redis gone at shutdown: leases expire anyway
             await self.flush()
         await self._batch.aclose()
+        if self._link is not None:
+            await self._link.aclose()
         await self._redis.aclose()
 
 
