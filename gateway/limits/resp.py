@@ -154,15 +154,14 @@ class RespLink:
 
     async def _exchange(self, protocol: _Protocol, payload: bytes, count: int) -> list[Any]:
         future = protocol.send(payload, count)
-        timer = asyncio.get_running_loop().call_later(
-            self._timeout,
-            protocol.fail,
-            RedisTimeoutError(f"no reply from Redis within {self._timeout:g}s"),
-        )
+        timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out, protocol)
         try:
             return await future
         finally:
             timer.cancel()
+
+    def _timed_out(self, protocol: _Protocol) -> None:
+        protocol.fail(RedisTimeoutError(f"no reply from Redis within {self._timeout:g}s"))
 
     async def _connection(self) -> tuple[_Protocol, bool]:
         protocol = self._protocol
