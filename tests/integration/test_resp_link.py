@@ -1,6 +1,7 @@
 """The limiter's own Redis link (gateway/limits/resp.py) against real redis-servers: replies in
-order with error replies in place, AUTH and SELECT from the URL, a restart survived, a silent
-server timed out, a cancelled caller leaving the connection in step."""
+order with error replies in place (as redis-py's pipeline, used for rediss://, gives them), AUTH
+and SELECT from the URL, a restart survived, a silent server timed out, a cancelled caller
+leaving the connection in step."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.limits.batch import Link, PipelineLink
 from gateway.limits.resp import RespLink, pack, supports
 from tests.procs import free_port
 from tests.redis_server import RedisServer
@@ -45,12 +48,16 @@ def test_tls_urls_stay_with_redis_py() -> None:
     assert not supports("rediss://127.0.0.1:6379/0")
 
 
-async def test_a_batch_gets_its_replies_in_order_with_errors_in_place(redis_url: str) -> None:
-    link = RespLink(redis_url, 1.0)
+@pytest.mark.parametrize("kind", ["own", "redis-py"])
+async def test_a_batch_gets_its_replies_in_order_with_errors_in_place(
+    redis_url: str, kind: str
+) -> None:
+    client = Redis.from_url(redis_url)
+    link: Link = RespLink(redis_url, 1.0) if kind == "own" else PipelineLink(client)
     try:
         replies = await link.execute(
             [
-                ("SET", "k", "v"),
+                ("EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", 1, "k", "v"),
                 ("EVALSHA", "0" * 40, 0),
                 ("INCR", "k"),  # not an integer: an error reply
                 ("EVAL", "return {1, 'two', KEYS[1]}", 1, "x"),
@@ -58,7 +65,9 @@ async def test_a_batch_gets_its_replies_in_order_with_errors_in_place(redis_url:
             ]
         )
     finally:
-        await link.aclose()
+        if isinstance(link, RespLink):
+            await link.aclose()
+        await client.aclose()
     assert replies[0] == b"OK"
     assert isinstance(replies[1], NoScriptError)
     assert isinstance(replies[2], ResponseError)
