@@ -118,8 +118,12 @@ class ScriptBatcher:
             results = await self._link.execute(commands)
         except BaseException as exc:
             for *_, future in calls:
-                if future is not None and not future.done():
+                if future is None or future.done():
+                    continue
+                if isinstance(exc, Exception):
                     future.set_exception(exc)
+                else:  # cancelled (its caller left, or shutdown): nobody will read an error
+                    future.cancel()
             if not isinstance(exc, Exception):
                 raise
             if len(calls) > len(batch):  # the limiter counts and reports the outage itself

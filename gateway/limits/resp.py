@@ -9,11 +9,13 @@ so a single connection serves it; everything else (usage reads, health, stored r
 keeps using redis-py.
 
 Failures raise redis-py's exceptions, which the limiter already handles: ConnectionError
-(refused, closed; a reused connection that broke is tried once more on a new one, as the
-redis-py client is configured to), TimeoutError (no reply within `timeout`: the connection is
-dropped, since later replies would be out of step). A caller cancelled mid-batch leaves the
-connection in step: its replies are read and dropped. Error replies come back in place, as
-ResponseError (NoScriptError for an unknown script), not raised.
+(refused, closed), TimeoutError (no reply within `timeout`: the connection is dropped, since
+later replies would be out of step). A batch is never sent twice: the admit and settle scripts
+are not idempotent, and a connection that broke after the write may have been run already (a
+Redis restart closes the idle connection, which is noticed before the next batch: that one goes
+on a new connection). A caller cancelled mid-batch leaves the connection in step: its replies
+are read and dropped. Error replies come back in place, as ResponseError (NoScriptError for an
+unknown script), not raised.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import DataError, InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[bytes | str | int | float]
@@ -47,7 +49,7 @@ def pack(commands: Sequence[Command]) -> bytes:
             elif kind is int or kind is float:
                 data = repr(arg).encode()
             else:
-                raise TypeError(f"cannot send a {kind.__name__} to Redis")
+                raise DataError(f"cannot send a {kind.__name__} to Redis")
             out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -71,6 +73,7 @@ class _Protocol(asyncio.Protocol):
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.said = ""  # an error Redis sent unasked before closing (e.g. max clients)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -80,6 +83,8 @@ class _Protocol(asyncio.Protocol):
         try:
             while (reply := self.reader.gets()) is not False:
                 if not self.waiters:
+                    if isinstance(reply, ResponseError):
+                        self.said = str(reply)[:200]
                     raise InvalidResponse("a reply nobody asked for")
                 waiter = self.waiters[0]
                 if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
@@ -94,7 +99,11 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._fail_waiters(RedisConnectionError("Redis closed the connection"))
+        self._fail_waiters(self.closed())
+
+    def closed(self) -> RedisConnectionError:
+        said = f": {self.said}" if self.said else ""
+        return RedisConnectionError(f"Redis closed the connection{said}")
 
     def fail(self, exc: Exception) -> None:
         """Out of step or too slow: every waiter fails and the connection goes."""
@@ -110,7 +119,8 @@ class _Protocol(asyncio.Protocol):
                 waiter.future.set_exception(exc)
 
     def send(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        assert self.transport is not None
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise self.closed()  # (uvloop would raise RuntimeError on the write)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.waiters.append(_Waiter(future, count))
         self.transport.write(payload)
@@ -137,20 +147,14 @@ class RespLink:
         self._timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self._closed = False
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """The replies, in order; an error reply is its exception, in its place."""
+        if not commands:
+            return []
         payload = pack(commands)
-        for attempt in (1, 2):
-            protocol, fresh = await self._connection()
-            try:
-                return await self._exchange(protocol, payload, len(commands))
-            except RedisConnectionError:
-                if fresh or attempt == 2:
-                    raise
-                # A connection made earlier may have died with its server (a restart): once
-                # more on a new one.
-        raise AssertionError("unreachable")
+        return await self._exchange(await self._connection(), payload, len(commands))
 
     async def _exchange(self, protocol: _Protocol, payload: bytes, count: int) -> list[Any]:
         future = protocol.send(payload, count)
@@ -163,21 +167,28 @@ class RespLink:
     def _timed_out(self, protocol: _Protocol) -> None:
         protocol.fail(RedisTimeoutError(f"no reply from Redis within {self._timeout:g}s"))
 
-    async def _connection(self) -> tuple[_Protocol, bool]:
+    async def _connection(self) -> _Protocol:
+        if self._closed:
+            raise RedisConnectionError("the limiter's Redis link is closed")
         protocol = self._protocol
         if protocol is not None and not protocol.lost:
-            return protocol, False
+            return protocol
         self._protocol = None
         if self._connecting is None:  # one connect at a time; others wait for it
             task = asyncio.ensure_future(self._connect())
             self._connecting = task
             task.add_done_callback(self._connected)
-        return await asyncio.shield(self._connecting), True
+        return await asyncio.shield(self._connecting)
 
     def _connected(self, task: asyncio.Future[_Protocol]) -> None:
         self._connecting = None
-        if not task.cancelled() and task.exception() is None:
-            self._protocol = task.result()
+        if task.cancelled() or task.exception() is not None:
+            return
+        protocol = task.result()
+        if self._closed and protocol.transport is not None:
+            protocol.transport.close()  # closed while connecting
+        else:
+            self._protocol = protocol
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -199,6 +210,7 @@ class RespLink:
         return protocol
 
     async def aclose(self) -> None:
+        self._closed = True
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.limits.batch import Link, PipelineLink
+from gateway.limits.batch import Link, PipelineLink, ScriptBatcher
 from gateway.limits.resp import RespLink, pack, supports
 from tests.procs import free_port
 from tests.redis_server import RedisServer
@@ -38,7 +40,7 @@ def test_pack_is_resp_arrays_of_bulk_strings() -> None:
         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n"
         b"*3\r\n$11\r\nINCRBYFLOAT\r\n$1\r\nk\r\n$3\r\n0.5\r\n"
     )
-    with pytest.raises(TypeError):
+    with pytest.raises(DataError):
         pack([("SET", "k", None)])  # type: ignore[list-item]
 
 
@@ -144,15 +146,80 @@ async def test_a_silent_redis_times_out_and_the_next_call_uses_a_new_connection(
 async def test_a_cancelled_caller_leaves_the_connection_in_step(redis_url: str) -> None:
     link = RespLink(redis_url, 1.0)
     try:
-        await link.execute([("SET", "n", "first")])  # connected
+        (before,) = await link.execute([("CLIENT", "ID")])  # connected
         cut = asyncio.create_task(link.execute([("SET", "n", "second"), ("GET", "n")]))
         await asyncio.sleep(0)  # written, its replies not read yet
         cut.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cut
-        assert await link.execute([("GET", "n"), ("STRLEN", "n")]) == [b"second", 6]
+        got = await link.execute([("GET", "n"), ("STRLEN", "n"), ("CLIENT", "ID")])
+        assert got == [b"second", 6, before]  # the same connection, its replies in step
+        assert await link.execute([]) == []
     finally:
         await link.aclose()
+
+
+async def test_a_caller_cancelled_in_the_batcher_logs_nothing(redis_url: str) -> None:
+    """Its future is cancelled, not given the CancelledError to log as never retrieved."""
+    client = Redis.from_url(redis_url)
+    script = client.register_script("return redis.call('INCR', KEYS[1])")
+    await script(keys=["c"], args=[])  # loaded
+    link = RespLink(redis_url, 1.0)
+    batcher = ScriptBatcher(link)
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        assert await batcher.call(script, ["c"], []) == 2  # connected
+        cut = asyncio.create_task(batcher.call(script, ["c"], []))
+        await asyncio.sleep(0)
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        del cut
+        gc.collect()
+        assert await batcher.call(script, ["c"], []) == 4  # the cut call ran too
+        gc.collect()
+        assert reported == []
+    finally:
+        loop.set_exception_handler(previous)
+        await link.aclose()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_server_that_closes_at_once_is_a_connection_error_with_what_it_said(
+    loop_kind: str,
+) -> None:
+    """As Redis at maxclients does: an error line, then the close (uvloop would raise
+    RuntimeError writing to the closed connection; plain asyncio would wait for the timeout)."""
+
+    async def scenario() -> str:
+        async def refuse(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"-ERR max number of clients reached\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = RespLink(f"redis://127.0.0.1:{port}", 5.0)
+        try:
+            started = asyncio.get_running_loop().time()
+            messages = []
+            for _ in range(3):
+                with pytest.raises(RedisConnectionError) as caught:
+                    await link.execute([("GET", "k")])
+                messages.append(str(caught.value))
+                await asyncio.sleep(0.05)  # the close has arrived
+            assert asyncio.get_running_loop().time() - started < 2.0  # no timeout waited out
+            return messages[-1]
+        finally:
+            await link.aclose()
+            server.close()
+
+    runner = uvloop.run if loop_kind == "uvloop" else asyncio.run
+    assert "max number of clients" in runner(scenario())
 
 
 async def test_refused_is_a_connection_error() -> None:
