@@ -1,10 +1,10 @@
 """The limiter's own link to Redis: one connection, a batch of commands written at once, the
 replies parsed by hiredis (the C parser redis-py itself uses).
 
-Every request that has limits makes one EVALSHA on its path. Through redis-py's asyncio client
-that costs ~150 µs of the gateway's CPU (pool checkout, command objects, a task per timed
-write) and ~270 µs until the reply; through this link ~55 µs and ~120 µs (measured: see
-bench/RESULTS.md, "The limiter's link to Redis"). The ScriptBatcher sends one batch at a time,
+Every request that has limits makes one EVALSHA on its path. A whole limiter decision cost
+154-199 µs of the gateway's CPU through redis-py's asyncio client (pool checkout, command
+objects, a task per timed write) and 102-135 µs through this link; a request at c=1, 652 -> 515
+µs (bench/RESULTS.md, "The limiter's link to Redis"). The ScriptBatcher sends one batch at a time,
 so a single connection serves it; everything else (usage reads, health, stored responses)
 keeps using redis-py.
 
