@@ -10,17 +10,15 @@ it as one more target beside the gateway, so the gateway's cost can be read agai
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import aiohttp
 import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.config.models import load_models_config
+from bench.raw_floor import relay_args
 
 
 def build(worker_url: str) -> FastAPI:
@@ -61,15 +59,10 @@ def build(worker_url: str) -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    url = load_models_config(Path(args.config)).models[0].workers[0].url
-    assert url is not None, "the floor relays to an attached (url:) worker"
+    url, port = relay_args(__doc__.splitlines()[0])
     uvicorn.run(
         build(url),
-        port=args.port,
+        port=port,
         loop="uvloop",
         http="httptools",
         access_log=False,

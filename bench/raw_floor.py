@@ -121,14 +121,19 @@ async def serve(worker_url: str, port: int) -> None:
         await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def relay_args(description: str) -> tuple[str, int]:
+    """A floor's command line (--config MODELS_YAML --port P): its worker's URL and its port."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     url = load_models_config(Path(args.config)).models[0].workers[0].url
-    assert url is not None, "the raw floor relays to an attached (url:) worker"
-    uvloop.run(serve(url, args.port))
+    assert url is not None, "a floor relays to an attached (url:) worker"
+    return url, args.port
+
+
+def main() -> None:
+    uvloop.run(serve(*relay_args(__doc__.splitlines()[0])))
 
 
 if __name__ == "__main__":
