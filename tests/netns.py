@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.observe.metrics import process_alive
 from tests.procs import Proc
 
 CLONE_NEWNET = 0x40000000
@@ -73,21 +74,11 @@ def _namespaces() -> list[str]:
     return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers() -> None:
     """Namespaces a run that died before its cleanup left behind (its process is gone)."""
     for name in _namespaces():
         match = _NAME.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             with contextlib.suppress(RuntimeError):
                 ip("netns", "del", name)
 

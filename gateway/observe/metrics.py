@@ -343,11 +343,12 @@ def forget_dead_processes(path: str) -> None:
     their last in-flight, queue and health values must stop counting. Counters stay."""
     for name in os.listdir(path):
         match = _LIVE_GAUGE_FILE.fullmatch(name)
-        if match is not None and not _alive(int(match.group(1))):
+        if match is not None and not process_alive(int(match.group(1))):
             mark_process_dead(int(match.group(1)), path)  # type: ignore[no-untyped-call]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
