@@ -232,7 +232,8 @@ class PayloadTooLarge(GatewayError):
 
 
 class UpstreamUnavailable(GatewayError):
-    """The worker could not be reached: nothing was sent, so another worker may be tried."""
+    """The worker could not be reached, or closed the connection without a byte of answer (a
+    server going down): nothing came back, so another worker may be tried."""
 
     status = 502
     code = "upstream_unavailable"

@@ -11,7 +11,9 @@ readers, timers, header multidicts, response objects).
   at most `max_connections` open, further requests wait in turn (within the connect timeout).
 - Back-pressure: reading pauses while more than `_HIGH_WATER` bytes wait to be consumed.
 - A reused connection may have been closed by the worker meanwhile: when it breaks before any
-  byte of the answer arrived, the request is sent once more on a new connection.
+  byte of the answer arrived, the request is sent once more on a new connection. A new
+  connection that closes before any byte of the answer raises NoAnswer (a server going down
+  still accepts, then closes): the caller may try another worker.
 - A body not read to its end closes the connection (the worker sees the close and aborts the
   generation); only a finished answer returns its connection to the pool.
 """
@@ -39,6 +41,11 @@ class ConnectFailed(H1Error):
 
 class ConnectionBroken(H1Error):
     """The connection closed or failed before the answer was complete."""
+
+
+class NoAnswer(ConnectionBroken):
+    """A new connection closed before any byte of the answer arrived: the worker accepted it
+    and went away (a server shutting down or crashing) without answering."""
 
 
 class ProtocolError(H1Error):
@@ -328,6 +335,11 @@ class H1Pool:
         conn = await self._connect(key)
         try:
             await conn.exchange(request)
+        except ConnectionBroken as exc:
+            self._discard(conn)
+            if conn.got_bytes:
+                raise
+            raise NoAnswer(str(exc)) from None
         except BaseException:
             self._discard(conn)
             raise

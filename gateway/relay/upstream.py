@@ -3,8 +3,9 @@ a keep-alive pool (relay/h1.py; measured cheaper per request and per streamed ch
 which was several times cheaper than httpx), header hygiene, the single mapping of its errors
 onto the GatewayError tree, and retries.
 
-Retries happen here and nowhere else: only while nothing has reached the client, only on
-another worker, within a number of attempts and a time budget (tenacity).
+Retries happen here and nowhere else: only while nothing has reached the client and the worker
+answered nothing usable (unreachable, closed without a byte of answer, or 503), only on another
+worker, within a number of attempts and a time budget (tenacity).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     upstream_error_from_body,
 )
-from gateway.relay.h1 import BodyTooLarge, ConnectFailed, H1Error, H1Pool, H1Response
+from gateway.relay.h1 import BodyTooLarge, ConnectFailed, H1Error, H1Pool, H1Response, NoAnswer
 from gateway.request import RESPONSES_PREFIX
 from gateway.routing.registry import Worker
 
@@ -57,6 +58,12 @@ def failure(exc: H1Error | TimeoutError, worker: Worker) -> GatewayError:
     if isinstance(exc, ConnectFailed):
         # Nothing was sent (refused, unresolvable, no connection in time): another may serve.
         return UpstreamUnavailable(f"worker {worker.name} for model {worker.model} is unreachable")
+    if isinstance(exc, NoAnswer):
+        # It accepted the connection and closed it without a byte of answer: a server going
+        # down. Another may serve; at worst the dying one had begun the same prefill.
+        return UpstreamUnavailable(
+            f"worker {worker.name} for model {worker.model} closed the connection without answering"
+        )
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"worker {worker.name} timed out")
     return UpstreamFailed(f"connection to worker {worker.name} failed: {type(exc).__name__}")

@@ -23,6 +23,7 @@ POST /fake/control sets the whole server's behaviour from then on, e.g.
   {"prompt_tokens": 900}                     the prompt tokens its usage reports (default 3)
   {"health": 503}                            what /health answers
   {"status": 503}                            every completion answers this error
+  {"drop": true}                             every completion: read it, close, answer nothing
   {"adapters": ["a"]}                        the LoRA adapters it has loaded (/v1/models)
   {"reset": true}                            zero the stats
 Run: python -m tests.fakes.fake_vllm --port P [--model NAME] [--host ADDRESS]
@@ -64,6 +65,7 @@ class Control:
     kv: float = 0.0
     health: int = 200
     status: int | None = None
+    drop: bool = False  # a server going down: it reads the request and closes the connection
     cache_blocks: int = 1000  # vllm:cache_config_info num_gpu_blocks (block_size 16)
     prompt_tokens: int = 3  # what usage reports
     adapters: list[str] | None = None  # LoRA adapters loaded, when set
@@ -114,6 +116,8 @@ class FakeVLLM:
             return True
         self.stats.last_path = path
         self.stats.requests += 1
+        if self.control.drop:
+            return False  # handle() closes the connection: not a byte of answer
         self.stats.active += 1
         self.stats.last_headers = headers
         self.stats.last_body = body

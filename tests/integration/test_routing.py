@@ -348,6 +348,42 @@ def test_unreachable_or_overloaded_worker_is_retried_on_another(tmp_path: Path) 
             assert reply.json()["error"]["code"] == "upstream_overloaded"
 
 
+def test_a_worker_closing_connections_without_answering_is_retried_on_another(
+    tmp_path: Path,
+) -> None:
+    """A vLLM server going down still accepts connections, then closes them before answering:
+    nothing reached the client, so the request moves to another worker instead of failing."""
+    env = {"GATEWAY_HEALTH_INTERVAL": "0", "GATEWAY_EJECT_AFTER_FAILURES": "0"}
+    with fleet(tmp_path, 2) as workers:
+        models = (
+            "models:\n  - {name: m, model: f, workers: ["
+            f"{{name: w0, url: '{workers.urls[0]}'}}, {{name: w1, url: '{workers.urls[1]}'}}]}}\n"
+            "  - {name: solo, model: f, workers: ["
+            f"{{name: s0, url: '{workers.urls[0]}'}}]}}\n"
+        )
+        with gateway(tmp_path, models, env) as url:
+            workers.control(0, drop=True)
+            for stream in (False, True, False, True, False, True):
+                body = {"model": "m", "messages": CHAT, "stream": stream}
+                assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
+            assert workers.requests(0) >= 1  # it was tried, and dropped them
+            assert workers.requests(1) == 6  # every one was answered by the other
+            assert (
+                metric(
+                    url,
+                    "gateway_upstream_errors_total",
+                    'kind="unreachable",model="m",worker="w0"',
+                )
+                >= 1
+            )
+            reply = httpx.post(
+                url + "/v1/chat/completions", json={"model": "solo", "messages": CHAT}
+            )
+            assert reply.status_code == 502  # no other worker: an honest error, not a hang
+            assert reply.json()["error"]["code"] == "upstream_unavailable"
+            assert "without answering" in reply.json()["error"]["message"]
+
+
 def test_a_stream_that_broke_after_its_start_is_never_retried(tmp_path: Path) -> None:
     with fleet(tmp_path, 2) as workers, gateway(tmp_path, workers.models(), FAST_HEALTH) as url:
         body = {"model": "m", "messages": CHAT, "stream": True, "fake": {"cut_after": 2}}

@@ -1,5 +1,6 @@
 """The lean HTTP/1.1 client towards workers (gateway/relay/h1.py) against raw asyncio servers:
-keep-alive reuse, the one retry on a reused connection the worker closed, the body framings,
+keep-alive reuse, the one retry on a reused connection the worker closed, a new connection
+closed without an answer told apart from one broken mid-answer, the body framings,
 the cap on open connections, and an unfinished body closing its connection."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.relay.h1 import BodyTooLarge, ConnectFailed, ConnectionBroken, H1Pool
+from gateway.relay.h1 import BodyTooLarge, ConnectFailed, ConnectionBroken, H1Pool, NoAnswer
 
 Handler = Callable[[bytes, asyncio.StreamWriter], "asyncio.Future[None] | None"]
 
@@ -115,9 +116,23 @@ async def test_a_reused_connection_closed_by_the_worker_is_retried_once_anew(ser
 async def test_a_connection_broken_mid_answer_is_an_error_not_a_retry(serve) -> None:  # type: ignore[no-untyped-def]
     server = Server(lambda n: b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", True)
     pool = H1Pool(2.0, 10)
-    with pytest.raises(ConnectionBroken):
+    with pytest.raises(ConnectionBroken) as broken:
         await _post(pool, await serve(server))
+    assert not isinstance(broken.value, NoAnswer)  # part of an answer came: not for a retry
     assert server.requests == 1
+
+
+async def test_a_new_connection_closed_without_an_answer_is_no_answer(serve) -> None:  # type: ignore[no-untyped-def]
+    replies = [_json(b"ok")]
+    server = Server(lambda n: replies[0], True)  # a server going down: reads, then closes
+    port = await serve(server)
+    pool = H1Pool(2.0, 10)
+    assert await _post(pool, port) == (200, b"ok")
+    replies[0] = b""
+    with pytest.raises(NoAnswer):
+        await _post(pool, port)
+    assert server.requests == 2
+    assert pool.open_connections == 0
 
 
 async def test_too_large_unreachable_and_an_unfinished_body(serve) -> None:  # type: ignore[no-untyped-def]
