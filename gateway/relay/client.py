@@ -95,6 +95,18 @@ class ClientWriter:
             self._watch.finished = True
         await self._emit({"type": "http.response.body", "body": body, "more_body": not final})
 
+    def chunk_link(self) -> ClientLink | None:
+        """The connection a started chunked answer's pieces may be written to directly, if the
+        server offers one (relay/pump.py)."""
+        link = self._link
+        return link if link is not None and link.chunked() else None
+
+    async def drain(self) -> None:
+        """Wait for the client to read what is buffered, within the write deadline (ClientGone
+        when it does not)."""
+        if self._link is not None:
+            await self._bounded(self._link.drain())
+
     async def error(self, exc: GatewayError, dialect: Dialect = "openai") -> None:
         """The error as the whole answer: its status, headers and envelope."""
         status, body = exc.answer(dialect)

@@ -14,6 +14,9 @@ readers, timers, header multidicts, response objects).
   byte of the answer arrived, the request is sent once more on a new connection. A new
   connection that closes before any byte of the answer raises NoAnswer (a server going down
   still accepts, then closes): the caller may try another worker.
+- Push: once a stream's answer has begun, H1Response.push hands each read's body bytes to a
+  callback inside the read's own callback (no task wake-up per chunk), then calls `done` once
+  with the end or the failure; the caller may pause and resume reading meanwhile.
 - A body not read to its end closes the connection (the worker sees the close and aborts the
   generation); only a finished answer returns its connection to the pool.
 """
@@ -22,12 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import cast
 
 import httptools
 
 _HIGH_WATER = 1 << 20  # bytes buffered before reading pauses
 _LOW_WATER = 1 << 18  # ...and resumes once the reader took it below this
+
+Sink = Callable[[bytes], None]  # a pushed answer's body bytes, as each read brings them
+Done = Callable[["H1Error | None"], None]  # its end (None) or failure, called once
 
 
 class H1Error(Exception):
@@ -60,12 +67,14 @@ class _Connection(asyncio.Protocol):
         "_chunked",
         "_chunks",
         "_content_type",
+        "_done",
         "_error",
         "_head_waiter",
         "_keep_alive",
         "_length",
         "_loop",
         "_paused",
+        "_sink",
         "_status",
         "_waiter",
         "busy",
@@ -106,6 +115,8 @@ class _Connection(asyncio.Protocol):
         self._error: H1Error | None = None
         self._head_waiter: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None
+        self._done: Done | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -123,6 +134,8 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolError("the worker upgraded the connection"))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(f"invalid HTTP from the worker: {exc}"))
+        if self._sink is not None and self._chunks:
+            self._push_out()  # what this read brought, as one piece
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool._free(self)
@@ -162,6 +175,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
+        if self._sink is not None:
+            return  # handed on at the end of the read (data_received)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
@@ -179,6 +194,9 @@ class _Connection(asyncio.Protocol):
     # --- the exchange -------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        if self._sink is not None:
+            self._push_out()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -191,6 +209,37 @@ class _Connection(asyncio.Protocol):
         for waiter in (self._head_waiter, self._waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        if self._sink is not None:
+            self._push_out()
+
+    # --- push ---------------------------------------------------------------------------------
+
+    def push(self, sink: Sink, done: Done) -> None:
+        """From now on hand the body to `sink` as it arrives (what is buffered first), and its
+        end or failure to `done`, once."""
+        self._sink, self._done = sink, done
+        if self._paused:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        self._buffered = 0
+        self._push_out()
+
+    def unpush(self) -> None:
+        """No more calls to the sink and `done` (the answer is being closed)."""
+        self._sink = self._done = None
+
+    def _push_out(self) -> None:
+        sink, chunks = self._sink, self._chunks
+        if sink is not None and chunks:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            sink(data)
+        done = self._done
+        if done is None or not (self.complete or self._error is not None):
+            return
+        self._sink = self._done = None
+        done(None if self.complete and self._error is None else self._error)
 
     async def exchange(self, request: bytes) -> None:
         """Send the request; return once the answer's status and headers are in."""
@@ -276,11 +325,26 @@ class H1Response:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def push(self, sink: Sink, done: Done) -> None:
+        """Hand the rest of the body to `sink` read by read, then its end (None) or failure to
+        `done`; calls may come before this returns. Instead of read_chunk."""
+        self._conn.push(sink, done)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the worker (the client is behind) until resume_reading."""
+        if self._conn.transport is not None:
+            self._conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.resume_reading()
+
     def close(self) -> None:
         """Done with the answer: a finished one returns its connection to the pool, an
         unfinished one closes it."""
         if not self._released:
             self._released = True
+            self._conn.unpush()
             self._conn.pool._release(self._conn)
 
 

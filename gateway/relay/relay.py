@@ -26,10 +26,11 @@ from gateway.errors import (
     upstream_error_from_body,
 )
 from gateway.record import RequestRecord
-from gateway.relay.client import ClientWriter, client_link
+from gateway.relay.client import ClientLink, ClientWriter, client_link
 from gateway.relay.deadline import MovingDeadline
 from gateway.relay.disconnect import ClientGone, DisconnectWatch
 from gateway.relay.lease import WorkerLease
+from gateway.relay.pump import StreamPump
 from gateway.relay.sse import SSEFramer, leading_error
 from gateway.relay.upstream import Upstream, UpstreamRequest, UpstreamResponse
 from gateway.relay.usage import NamedUsageTap, UsageTap, usage_of_answer
@@ -268,7 +269,12 @@ class Relay:
         deadline: MovingDeadline,
         total_deadline: float,
     ) -> None:
-        """The stream after its first event, until the worker ends it."""
+        """The stream after its first event, until the worker ends it: pushed from the worker
+        connection's reads when the server offers the client's connection, else read here."""
+        link = self._writer.chunk_link()
+        if link is not None:
+            await self._pump_events(response, link, framer, deadline, total_deadline)
+            return
         loop = asyncio.get_running_loop()
         idle = self._bounds.idle
         timing = self._record.timing
@@ -283,6 +289,40 @@ class Relay:
             events = framer.feed(chunk)
             if events:
                 await self._event(events)
+
+    async def _pump_events(
+        self,
+        response: UpstreamResponse,
+        link: ClientLink,
+        framer: SSEFramer,
+        deadline: MovingDeadline,
+        total_deadline: float,
+    ) -> None:
+        timing = self._record.timing
+        pump = StreamPump(
+            response,
+            link,
+            framer,
+            self._out.tap,
+            timing,
+            deadline,
+            self._bounds.idle,
+            total_deadline,
+        )
+        started, drained = time.perf_counter(), 0.0
+        response.push(pump.chunk, pump.ended)
+        try:
+            while not pump.finished:
+                await pump.wait()
+                if pump.paused:
+                    since = time.perf_counter()
+                    await self._writer.drain()
+                    drained += time.perf_counter() - since
+                    pump.resume()
+        finally:
+            ended = pump.ended_at or time.perf_counter()
+            timing.upstream += max(ended - started - pump.busy - drained, 0.0)
+        pump.result()
 
     async def _first_events(self, framer: SSEFramer) -> tuple[UpstreamResponse, bytes]:
         """Open the stream and read up to its first whole event(s); nothing is sent yet, so

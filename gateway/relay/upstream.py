@@ -99,6 +99,24 @@ class UpstreamResponse:
         except H1Error as exc:
             raise failure(exc, self._worker) from None
 
+    def push(
+        self, sink: Callable[[bytes], None], done: Callable[[GatewayError | None], None]
+    ) -> None:
+        """The rest of the body to `sink` as each read brings it, then `done` once: None at its
+        end, else the failure named as by read_chunk (relay/h1.py's push)."""
+        worker = self._worker
+
+        def ended(exc: H1Error | None) -> None:
+            done(None if exc is None else failure(exc, worker))
+
+        self._response.push(sink, ended)
+
+    def pause_reading(self) -> None:
+        self._response.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._response.resume_reading()
+
     def close(self) -> None:
         # An unfinished body closes the connection instead of returning it to the pool: the
         # worker sees the socket close and aborts the generation (vLLM frees its KV cache).

@@ -7,6 +7,7 @@ none of it costs other clients their service or a healthy worker its place."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import statistics
 import threading
@@ -245,6 +246,39 @@ def stalled_stream(stack: Stack) -> socket.socket:
         + body
     )
     return sock
+
+
+def test_a_client_that_reads_slowly_gets_every_event_in_order(stack: Stack) -> None:
+    """The send buffer fills and reading from the worker pauses until the client catches up:
+    pauses shorter than the write deadline lose nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", stack.port))
+    sock.settimeout(10)
+    body = orjson.dumps(
+        {
+            "model": "fake-a",
+            "messages": CHAT,
+            "stream": True,
+            "fake": {"chunks": 3000, "text": "x" * 4000},  # 12 MB: more than socket buffers
+        }
+    )
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+        + body
+    )
+    data = bytearray()
+    with sock:
+        time.sleep(0.5)  # under the 1 s write deadline: the buffers fill meanwhile
+        while chunk := sock.recv(65536):
+            data += chunk
+            time.sleep(0.002)
+    assert data.startswith(b"HTTP/1.1 200")
+    indexes = [int(found) for found in re.findall(rb"x{4000}(\d+) ", bytes(data))]
+    assert indexes == list(range(3000))
+    assert data.rstrip().endswith(b"data: [DONE]\n\n\r\n0")
+    assert httpx.get(stack.url + "/ready").json()["workers"]["fake-a/w0"]["inflight"] == 0
 
 
 def test_three_clients_that_stop_reading_are_dropped_and_never_eject_the_worker(

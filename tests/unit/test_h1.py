@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.relay.h1 import BodyTooLarge, ConnectFailed, ConnectionBroken, H1Pool, NoAnswer
+from gateway.relay.h1 import (
+    BodyTooLarge,
+    ConnectFailed,
+    ConnectionBroken,
+    H1Pool,
+    H1Response,
+    NoAnswer,
+)
 
 Handler = Callable[[bytes, asyncio.StreamWriter], "asyncio.Future[None] | None"]
 
@@ -168,3 +175,86 @@ async def test_at_the_cap_a_request_waits_for_a_free_connection(serve) -> None: 
             await H1Pool._connect(pool, ("127.0.0.1", port))
         finally:
             held.close()
+
+
+class PiecesServer(Server):
+    """Answers with a chunked head, then each of `pieces` as its own write, 20 ms apart; None
+    among them: abort the connection there."""
+
+    def __init__(self, pieces: list[bytes | None]) -> None:
+        super().__init__(lambda n: b"")
+        self.pieces = pieces
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                for piece in self.pieces:
+                    await asyncio.sleep(0.02)
+                    if piece is None:
+                        writer.transport.abort()
+                        return
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b"0\r\n\r\n")
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+async def _pushed(pool: H1Pool, port: int) -> tuple[list[bytes], list[object], H1Response]:
+    """Wait for the first piece, then push the rest: (pieces seen, done's calls, response)."""
+    response = await pool.send("POST", "127.0.0.1", port, "/v1/x", b"", b"{}")
+    await asyncio.sleep(0.03)  # the first piece is buffered before the push
+    seen: list[bytes] = []
+    ends: list[object] = []
+    finished = asyncio.Event()
+
+    def done(exc: object) -> None:
+        ends.append(exc)
+        finished.set()
+
+    response.push(seen.append, done)
+    await asyncio.wait_for(finished.wait(), 2.0)
+    return seen, ends, response
+
+
+async def test_a_pushed_body_arrives_read_by_read_then_its_end_once(serve) -> None:  # type: ignore[no-untyped-def]
+    server = PiecesServer([b"one", b"two", b"three", b""])
+    port = await serve(server)
+    pool = H1Pool(2.0, 10)
+    seen, ends, response = await _pushed(pool, port)
+    assert seen == [b"one", b"two", b"three"]  # the buffered one first, then one per read
+    assert ends == [None]
+    response.close()
+    assert pool.open_connections == 1  # finished: kept for the next request
+    await pool.aclose()
+
+
+async def test_a_pushed_body_cut_by_the_worker_ends_with_its_failure(serve) -> None:  # type: ignore[no-untyped-def]
+    server = PiecesServer([b"one", b"two", None])
+    pool = H1Pool(2.0, 10)
+    seen, ends, response = await _pushed(pool, await serve(server))
+    assert seen == [b"one", b"two"]
+    assert len(ends) == 1
+    assert isinstance(ends[0], ConnectionBroken)
+    response.close()
+    assert pool.open_connections == 0
+
+
+async def test_a_closed_answer_pushes_nothing_more(serve) -> None:  # type: ignore[no-untyped-def]
+    server = PiecesServer([b"one", b"two", b"three", b""])
+    pool = H1Pool(2.0, 10)
+    response = await pool.send("POST", "127.0.0.1", await serve(server), "/v1/x", b"", b"{}")
+    seen: list[bytes] = []
+    ends: list[object] = []
+    response.push(seen.append, ends.append)
+    await asyncio.sleep(0.03)
+    response.close()  # unfinished: the connection closes, and the callbacks are forgotten
+    await asyncio.sleep(0.1)
+    assert seen == [b"one"]
+    assert ends == []
+    assert pool.open_connections == 0
