@@ -119,9 +119,9 @@ def main(argv: list[str]) -> int:
         command += ["--duration", f"{max(1, round(args.seconds))}", "--rate", str(args.rate)]
         # --gil: only samples holding the GIL, i.e. the Python work (an idle loop waiting in
         # epoll or the log thread waiting on its queue is not counted as busy).
-        command += ["--output", str(raw_file), "--nonblocking", "--gil"]
-        if args.native:
-            command.append("--native")
+        command += ["--output", str(raw_file), "--gil"]
+        # py-spy reads C frames only with the process stopped for each sample.
+        command.append("--native" if args.native else "--nonblocking")
         spy_done: list[subprocess.CompletedProcess[str]] = []
 
         def record(name: str, _pid: int) -> None:

@@ -218,7 +218,7 @@ class Limiter:
             if principal.tpm is not None or principal.budgeted:
                 self._metrics.usage_missing.inc()
         else:
-            self._metrics.key_tokens.labels(principal.name).inc(used)
+            self._metrics.of(self._metrics.key_tokens, principal.name).inc(used)
             if reservation.decided:
                 delta = reservation.reserved - used
         spent = Spent(model, prompt, completion) if model and self._count_usage else None
