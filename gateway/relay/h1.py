@@ -51,8 +51,8 @@ class ConnectionBroken(H1Error):
 
 
 class NoAnswer(ConnectionBroken):
-    """A new connection closed before any byte of the answer arrived: the worker accepted it
-    and went away (a server shutting down or crashing) without answering."""
+    """A new connection closed, at once, before any byte of the answer arrived: the worker
+    accepted it and went away (a server shutting down) without working on it."""
 
 
 class ProtocolError(H1Error):
@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
         "_done",
         "_error",
         "_head_waiter",
+        "_held",
         "_keep_alive",
         "_length",
         "_loop",
@@ -117,6 +118,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Sink | None = None
         self._done: Done | None = None
+        self._held = False  # reading paused by the consumer of a pushed body
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -226,8 +228,20 @@ class _Connection(asyncio.Protocol):
         self._push_out()
 
     def unpush(self) -> None:
-        """No more calls to the sink and `done` (the answer is being closed)."""
+        """No more calls to the sink and `done` (the answer is being closed); reading resumes
+        if the consumer had paused it, so a finished connection goes back to the pool live."""
         self._sink = self._done = None
+        self.hold(False)
+
+    def hold(self, paused: bool) -> None:
+        """Pause (True) or resume reading for the consumer of a pushed body."""
+        if paused == self._held or self.transport is None:
+            return
+        self._held = paused
+        if paused:
+            self.transport.pause_reading()
+        elif not self._paused:
+            self.transport.resume_reading()
 
     def _push_out(self) -> None:
         sink, chunks = self._sink, self._chunks
@@ -331,13 +345,12 @@ class H1Response:
         self._conn.push(sink, done)
 
     def pause_reading(self) -> None:
-        """Stop reading from the worker (the client is behind) until resume_reading."""
-        if self._conn.transport is not None:
-            self._conn.transport.pause_reading()
+        """Stop reading from the worker (the client is behind) until resume_reading (or
+        close: a finished connection never goes back to the pool paused)."""
+        self._conn.hold(True)
 
     def resume_reading(self) -> None:
-        if self._conn.transport is not None:
-            self._conn.transport.resume_reading()
+        self._conn.hold(False)
 
     def close(self) -> None:
         """Done with the answer: a finished one returns its connection to the pool, an
@@ -383,31 +396,41 @@ class H1Pool:
             body,
         )
         key = (host, port)
+        loop = asyncio.get_running_loop()
         conn = self._reuse(key)
         if conn is not None:
+            sent = loop.time()
             try:
                 await conn.exchange(request)
                 return H1Response(conn)
             except ConnectionBroken:
                 self._discard(conn)
-                if conn.got_bytes:
+                if conn.got_bytes or not self._at_once(sent, loop):
                     raise
                 # The worker closed the idle connection as we sent on it: once more, anew.
             except BaseException:
                 self._discard(conn)
                 raise
         conn = await self._connect(key)
+        sent = loop.time()
         try:
             await conn.exchange(request)
         except ConnectionBroken as exc:
             self._discard(conn)
-            if conn.got_bytes:
+            if conn.got_bytes or not self._at_once(sent, loop):
                 raise
             raise NoAnswer(str(exc)) from None
         except BaseException:
             self._discard(conn)
             raise
         return H1Response(conn)
+
+    def _at_once(self, sent: float, loop: asyncio.AbstractEventLoop) -> bool:
+        """The connection closed within the connect timeout of the request going out: the
+        worker was closing it or going away, not working on the request. A later close without
+        a byte (e.g. an engine dying in a long non-streamed generation) is not sent again: the
+        request may have been what killed it."""
+        return loop.time() - sent <= self._connect_timeout
 
     def _reuse(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)

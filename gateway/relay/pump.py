@@ -90,8 +90,10 @@ class StreamPump:
         tap = self._tap
         if tap is not None:
             events = tap.feed(events)
+        if not events:
+            return  # the usage chunk, which the client did not ask for
         link = self._link
-        if events and not link.write_chunk(events):
+        if not link.write_chunk(events):
             raise ClientGone
         timing = self._timing
         timing.last_event = now
@@ -116,8 +118,13 @@ class StreamPump:
 
     def resume(self) -> None:
         self.paused = False
+        self._response.resume_reading()
+
+    def detach(self) -> None:
+        """The task stops relaying (a deadline, the client gone, a shutdown): whatever the
+        worker still sends is not written to the client any more."""
         if self._outcome is None:
-            self._response.resume_reading()
+            self._outcome = _DETACHED
 
     @property
     def finished(self) -> bool:
@@ -142,3 +149,4 @@ class StreamPump:
 
 
 _END = object()
+_DETACHED = object()

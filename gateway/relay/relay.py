@@ -316,12 +316,15 @@ class Relay:
                 await pump.wait()
                 if pump.paused:
                     since = time.perf_counter()
-                    await self._writer.drain()
-                    drained += time.perf_counter() - since
+                    try:
+                        await self._writer.drain()
+                    finally:
+                        drained += time.perf_counter() - since
                     pump.resume()
         finally:
             ended = pump.ended_at or time.perf_counter()
             timing.upstream += max(ended - started - pump.busy - drained, 0.0)
+            pump.detach()  # e.g. before a stalled stream's error event: nothing after it
         pump.result()
 
     async def _first_events(self, framer: SSEFramer) -> tuple[UpstreamResponse, bytes]:
@@ -376,7 +379,11 @@ class Relay:
     async def _event(self, events: bytes) -> None:
         """Send events to the client, noting when (for time to first token and token gaps)."""
         tap = self._out.tap
-        await self._writer.body(tap.feed(events) if tap else events)
+        if tap is not None:
+            events = tap.feed(events)
+            if not events:
+                return  # the usage chunk, which the client did not ask for
+        await self._writer.body(events)
         now = time.perf_counter()
         timing = self._record.timing
         if timing.first_event is None:

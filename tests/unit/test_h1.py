@@ -258,3 +258,49 @@ async def test_a_closed_answer_pushes_nothing_more(serve) -> None:  # type: igno
     assert seen == [b"one"]
     assert ends == []
     assert pool.open_connections == 0
+
+
+async def test_a_connection_paused_by_its_consumer_goes_back_to_the_pool_reading(serve) -> None:  # type: ignore[no-untyped-def]
+    # The whole answer in one read: its last events and its end come while the client is behind.
+    whole = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\n"
+    server = Server(lambda n: whole)
+    port = await serve(server)
+    pool = H1Pool(2.0, 10)
+    response = await pool.send("POST", "127.0.0.1", port, "/v1/x", b"", b"{}")
+    ends: list[object] = []
+    response.push(lambda data: response.pause_reading(), ends.append)
+    assert ends == [None]
+    response.close()
+    assert pool.open_connections == 1
+    assert await asyncio.wait_for(_post(pool, port), 2.0) == (200, b"one")  # not left paused
+    assert server.connections == 1
+    await pool.aclose()
+
+
+class LateCloser(Server):
+    """Reads a request, then closes without a byte after `delay` seconds (an engine dying in the
+    middle of a long generation)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(lambda n: b"")
+        self.delay = delay
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        self.requests += 1
+        await asyncio.sleep(self.delay)
+        writer.transport.abort()
+
+
+async def test_a_close_without_answer_after_a_while_is_not_no_answer(serve) -> None:  # type: ignore[no-untyped-def]
+    pool = H1Pool(0.2, 10)  # the window: the connect timeout
+    with pytest.raises(NoAnswer):
+        await _post(pool, await serve(LateCloser(0.0)))
+    late = LateCloser(0.5)
+    with pytest.raises(ConnectionBroken) as broken:
+        await _post(pool, await serve(late))
+    assert not isinstance(broken.value, NoAnswer)  # it may have been working on it: no retry
+    assert late.requests == 1
