@@ -299,6 +299,7 @@ class Relay:
         total_deadline: float,
     ) -> None:
         timing = self._record.timing
+        loop = asyncio.get_running_loop()
         pump = StreamPump(
             response,
             link,
@@ -315,11 +316,14 @@ class Relay:
             while not pump.finished:
                 await pump.wait()
                 if pump.paused:
+                    # Waiting on the client, not the worker: the write deadline bounds it.
+                    deadline.at = total_deadline
                     since = time.perf_counter()
                     try:
                         await self._writer.drain()
                     finally:
                         drained += time.perf_counter() - since
+                    deadline.at = min(loop.time() + self._bounds.idle, total_deadline)
                     pump.resume()
         finally:
             ended = pump.ended_at or time.perf_counter()

@@ -248,19 +248,19 @@ def stalled_stream(stack: Stack) -> socket.socket:
     return sock
 
 
-def test_a_client_that_reads_slowly_gets_every_event_in_order(stack: Stack) -> None:
-    """The send buffer fills and reading from the worker pauses until the client catches up:
-    pauses shorter than the write deadline lose nothing."""
+def read_slowly(port: int, chunks: int, pause: float) -> bytes:
+    """A stream of `chunks` 4 KB events (more than the socket buffers hold) read by a client
+    that first reads nothing for `pause` seconds, then reads on, a little at a time."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", stack.port))
+    sock.connect(("127.0.0.1", port))
     sock.settimeout(10)
     body = orjson.dumps(
         {
             "model": "fake-a",
             "messages": CHAT,
             "stream": True,
-            "fake": {"chunks": 3000, "text": "x" * 4000},  # 12 MB: more than socket buffers
+            "fake": {"chunks": chunks, "text": "x" * 4000},
         }
     )
     sock.sendall(
@@ -270,15 +270,42 @@ def test_a_client_that_reads_slowly_gets_every_event_in_order(stack: Stack) -> N
     )
     data = bytearray()
     with sock:
-        time.sleep(0.5)  # under the 1 s write deadline: the buffers fill meanwhile
+        time.sleep(pause)
         while chunk := sock.recv(65536):
             data += chunk
             time.sleep(0.002)
+    return bytes(data)
+
+
+def assert_whole_stream(data: bytes, chunks: int) -> None:
     assert data.startswith(b"HTTP/1.1 200")
-    indexes = [int(found) for found in re.findall(rb"x{4000}(\d+) ", bytes(data))]
-    assert indexes == list(range(3000))
+    indexes = [int(found) for found in re.findall(rb"x{4000}(\d+) ", data)]
+    assert indexes == list(range(chunks))
+    assert b'"error"' not in data
     assert data.rstrip().endswith(b"data: [DONE]\n\n\r\n0")
-    assert httpx.get(stack.url + "/ready").json()["workers"]["fake-a/w0"]["inflight"] == 0
+
+
+def test_a_slow_client_gets_every_event_and_is_not_taken_for_a_stalled_worker(
+    tmp_path: Path,
+) -> None:
+    """The send buffer fills and reading from the worker pauses until the client catches up,
+    losing nothing; while the gateway waits for the client, the stream's idle deadline (no event
+    from the worker for that long) does not run: the client's own write deadline bounds it."""
+    fake, fake_url = start_fake(tmp_path, "fake-a")
+    env = {
+        "GATEWAY_FIRST_BYTE_TIMEOUT": "0.5",  # the deadline's first firing (it only moves later)
+        "GATEWAY_IDLE_TIMEOUT": "0.5",
+        "GATEWAY_CLIENT_WRITE_TIMEOUT": "5",
+    }
+    try:
+        gateway, url = start_gateway(tmp_path, one_worker_models(fake_url), env)
+        try:
+            assert_whole_stream(read_slowly(int(url.rsplit(":", 1)[1]), 3000, 1.5), 3000)
+            assert metric(url, "gateway_upstream_errors_total", 'kind="timeout"') == 0
+        finally:
+            gateway.stop()
+    finally:
+        fake.stop()
 
 
 def test_three_clients_that_stop_reading_are_dropped_and_never_eject_the_worker(
