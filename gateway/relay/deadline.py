@@ -12,7 +12,8 @@ from types import TracebackType
 
 class MovingDeadline:
     """`async with MovingDeadline(at) as d:` raises TimeoutError once the loop time passes
-    `d.at`; set `d.at` to move it (later is cheap; earlier takes effect at the next firing)."""
+    `d.at`; set `d.at` to move it (later is cheap; earlier takes effect at the next firing, or
+    at once with `rearm()`)."""
 
     __slots__ = ("_cancelling", "_expired", "_handle", "_loop", "_task", "at")
 
@@ -28,6 +29,14 @@ class MovingDeadline:
         self._cancelling = task.cancelling()
         self._handle = self._loop.call_at(self.at, self._fire)
         return self
+
+    def rearm(self) -> None:
+        """Make an earlier `at` take effect now (e.g. a stream's idle deadline, shorter than its
+        first-byte one); moving it later needs no call."""
+        handle = self._handle
+        if handle.when() > self.at:
+            handle.cancel()
+            self._handle = self._loop.call_at(self.at, self._fire)
 
     def _fire(self) -> None:
         if self._loop.time() < self.at:  # moved later since this timer was set

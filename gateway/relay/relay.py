@@ -271,6 +271,9 @@ class Relay:
     ) -> None:
         """The stream after its first event, until the worker ends it: pushed from the worker
         connection's reads when the server offers the client's connection, else read here."""
+        # From here the idle deadline holds, which may be shorter than the first-byte one.
+        deadline.at = min(asyncio.get_running_loop().time() + self._bounds.idle, total_deadline)
+        deadline.rearm()
         link = self._writer.chunk_link()
         if link is not None:
             await self._pump_events(response, link, framer, deadline, total_deadline)
@@ -324,6 +327,7 @@ class Relay:
                     finally:
                         drained += time.perf_counter() - since
                     deadline.at = min(loop.time() + self._bounds.idle, total_deadline)
+                    deadline.rearm()
                     pump.resume()
         finally:
             ended = pump.ended_at or time.perf_counter()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import httpx
 import openai
 import orjson
@@ -9,6 +12,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.conftest import FakeStack
+from tests.procs import one_worker_models, start_fake, start_gateway
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -97,6 +101,25 @@ def test_stream_stall_mid_way_ends_with_timeout_event(strict: FakeStack) -> None
     assert len(events) == 4
     assert orjson.loads(events[2][6:])["error"]["code"] == "upstream_timeout"
     assert events[3] == b"data: [DONE]"
+
+
+def test_the_idle_deadline_holds_when_shorter_than_the_first_byte_one(tmp_path: Path) -> None:
+    """A long wait for the first token (queueing, prefill) and a short one between tokens: a
+    stream that stalls after its start ends at the idle deadline, not the first-byte one."""
+    fake, fake_url = start_fake(tmp_path, "fake-a")
+    env = {"GATEWAY_FIRST_BYTE_TIMEOUT": "20", "GATEWAY_IDLE_TIMEOUT": "0.5"}
+    try:
+        gateway, url = start_gateway(tmp_path, one_worker_models(fake_url), env)
+        try:
+            body = {"model": "fake-a", "messages": CHAT, "stream": True, "fake": {"stall_after": 2}}
+            started = time.monotonic()
+            events = stream_events(FakeStack(url, fake_url, gateway.log), body)
+            assert time.monotonic() - started < 10  # 20 s if the first-byte deadline held
+            assert orjson.loads(events[2][6:])["error"]["code"] == "upstream_timeout"
+        finally:
+            gateway.stop()
+    finally:
+        fake.stop()
 
 
 def test_worker_error_event_mid_stream_is_relayed_once(strict: FakeStack) -> None:

@@ -34,6 +34,17 @@ async def test_fires_after_the_last_move() -> None:
     assert loop.time() - started >= 0.2
 
 
+async def test_an_earlier_deadline_takes_effect_at_once_when_rearmed() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with MovingDeadline(started + 5) as deadline:
+            deadline.at = started + 0.05
+            deadline.rearm()
+            await asyncio.sleep(1)
+    assert loop.time() - started < 1
+
+
 async def test_someone_elses_cancel_is_not_a_timeout() -> None:
     async def work() -> None:
         async with MovingDeadline(asyncio.get_running_loop().time() + 10):
