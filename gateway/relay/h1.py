@@ -11,9 +11,10 @@ readers, timers, header multidicts, response objects).
   at most `max_connections` open, further requests wait in turn (within the connect timeout).
 - Back-pressure: reading pauses while more than `_HIGH_WATER` bytes wait to be consumed.
 - A reused connection may have been closed by the worker meanwhile: when it breaks before any
-  byte of the answer arrived, the request is sent once more on a new connection. A new
-  connection that closes before any byte of the answer raises NoAnswer (a server going down
-  still accepts, then closes): the caller may try another worker.
+  byte of the answer arrived, within the connect timeout of sending, the request is sent once
+  more on a new connection. A new connection that closes so soon without a byte of answer
+  raises NoAnswer (a server going down still accepts, then closes): the caller may try another
+  worker. Later such closes are ConnectionBroken (the worker may have worked on the request).
 - Push: once a stream's answer has begun, H1Response.push hands each read's body bytes to a
   callback inside the read's own callback (no task wake-up per chunk), then calls `done` once
   with the end or the failure; the caller may pause and resume reading meanwhile.
