@@ -1,6 +1,7 @@
 """The exchange with a worker, run as the ASGI response so it can see the client leave.
 
-Non-streaming answers are relayed whole; streams are relayed event by event. Until the first
+Non-streaming answers are relayed whole; streams event by event (after the first event, from the
+worker connection's read callback: relay/pump.py). Until the first
 byte is sent, failures become ordinary JSON errors with their status; after it, one SSE error
 event and `[DONE]`. When the client goes away the upstream request is closed, so vLLM aborts it.
 """

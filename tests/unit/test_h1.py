@@ -34,15 +34,19 @@ class Server:
         self.port = 0
         self.writers: list[asyncio.StreamWriter] = []
 
+    async def read_request(self, reader: asyncio.StreamReader) -> None:
+        """One whole request (head and Content-Length body), counted."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        self.requests += 1
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writers.append(writer)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                self.requests += 1
+                await self.read_request(reader)
                 writer.write(self.answer(self.requests))
                 await writer.drain()
                 if self.close_after:
@@ -189,10 +193,7 @@ class PiecesServer(Server):
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                self.requests += 1
+                await self.read_request(reader)
                 writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
                 for piece in self.pieces:
                     await asyncio.sleep(0.02)
@@ -287,10 +288,7 @@ class LateCloser(Server):
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        self.requests += 1
+        await self.read_request(reader)
         await asyncio.sleep(self.delay)
         writer.transport.abort()
 
