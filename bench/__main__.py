@@ -21,16 +21,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
-
 from bench import nginx, prefix_cost, report
 from bench.loads import run_streamload, run_wrk
 from bench.procs import ROOT, Service, start_upstream
 from bench.scenarios import SCENARIOS, LoadPlan, Run, run_once
 from bench.targets import (
     BASE_ENV,
+    CHAT_BODY,
     FLOOR,
-    MODEL,
     RAW_FLOOR,
     GatewayConfig,
     Target,
@@ -41,15 +39,6 @@ from bench.targets import (
 )
 
 OUT = ROOT / "bench" / "out"
-# Compact JSON on purpose: bench.streamload sends spaced JSON, so the upstream's stream
-# detection and the gateway's parsing see both spellings.
-BODY = orjson.dumps(
-    {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Say something, please."}],
-        "max_tokens": 32,
-    }
-)
 
 
 def missing_tools() -> list[str]:
@@ -218,7 +207,7 @@ def load_plan(args: argparse.Namespace, logs: Path) -> LoadPlan:
 
 def measure(args: argparse.Namespace, configs: list[GatewayConfig], logs: Path) -> list[Run]:
     plan = load_plan(args, logs)
-    plan.body_file.write_bytes(BODY)
+    plan.body_file.write_bytes(CHAT_BODY)
     services: list[Service] = []
     try:
         upstream, upstream_url = start_upstream(logs, args.load_cpus, args.chunks, args.gap_ms)

@@ -1,8 +1,9 @@
-"""`python -m bench profile [--native]`: where one gateway process spends its CPU under paced
-streams, sampled with py-spy (a dev dependency) and summed up per function.
+"""`python -m bench profile [--native] [--wrk N]`: where one gateway process spends its CPU under
+paced streams (or, with --wrk, N connections of non-streaming requests), sampled with py-spy (a
+dev dependency) and summed up per function.
 
 Starts the fake upstream and one gateway (pinned as in the bench), runs the paced load
-(bench.streamload: N streams, one chunk per stream every --gap-ms), records the gateway with
+(bench.streamload: N streams, one chunk per stream every --gap-ms) or wrk, records the gateway with
 `py-spy record --format raw` and writes profile-STAMP.md (top functions by own and by total
 samples) and the raw collapsed stacks beside it. --native adds C frames (uvloop, httptools,
 the interpreter).
@@ -17,12 +18,20 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.loads import run_streamload
+from bench.loads import LoadResult, run_streamload, run_wrk
 from bench.procs import Service, pinned, start_upstream
-from bench.targets import BASE_ENV, GatewayConfig, new_api_key, parse_config_set, start_gateway
+from bench.targets import (
+    BASE_ENV,
+    CHAT_BODY,
+    GatewayConfig,
+    new_api_key,
+    parse_config_set,
+    start_gateway,
+)
 
 OUT = Path(__file__).resolve().parent / "out"
 _LINE = re.compile(r":\d+\)$")  # "fn (file.py:12)" -> "fn (file.py)"
@@ -31,6 +40,13 @@ _LINE = re.compile(r":\d+\)$")  # "fn (file.py:12)" -> "fn (file.py)"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench profile", description=__doc__)
     parser.add_argument("--native", action="store_true", help="sample C frames too")
+    parser.add_argument(
+        "--wrk",
+        type=int,
+        default=0,
+        metavar="N",
+        help="non-streaming load instead: wrk with N connections (the per-request path)",
+    )
     parser.add_argument("--streams", type=int, default=128, help="open streams (default 128)")
     parser.add_argument("--chunks", type=int, default=32)
     parser.add_argument("--gap-ms", type=float, default=10.0)
@@ -113,8 +129,6 @@ def main(argv: list[str]) -> int:
         services.append(upstream)
         gateway, url = start_gateway(config, upstream_url, args.gateway_cpus, logs, api_key)
         services.append(gateway)
-        stream_s = args.chunks * args.gap_ms / 1000
-        warmup = max(1.0, 2 * stream_s)
         command = [spy, "record", "--pid", str(gateway.pid), "--format", "raw"]
         command += ["--duration", f"{max(1, round(args.seconds))}", "--rate", str(args.rate)]
         # --gil: only samples holding the GIL, i.e. the Python work (an idle loop waiting in
@@ -140,18 +154,16 @@ def main(argv: list[str]) -> int:
                 threads.append(runner)
 
         threads: list[threading.Thread] = []
-        load = run_streamload(
-            url,
-            args.load_cpus,
-            args.chunks,
-            args.streams,
-            seconds=args.seconds + 1,
-            ramp=stream_s,
-            think_ms=args.gap_ms,
-            warmup=warmup,
-            api_key=api_key,
-            on_mark=record,
-        )
+        if args.wrk:
+            load = _wrk_load(args, url, api_key, logs, record)
+            rate = load.requests / load.elapsed_s
+            describe = f"wrk -c{args.wrk}, non-streaming; {rate:,.0f} req/s"
+        else:
+            load = _stream_load(args, url, api_key, record)
+            describe = (
+                f"{args.streams} streams of {args.chunks} chunks, one every {args.gap_ms:g} ms; "
+                f"{load.chunks / load.elapsed_s:,.0f} chunks/s"
+            )
         for thread in threads:
             thread.join()
     finally:
@@ -161,13 +173,13 @@ def main(argv: list[str]) -> int:
         detail = spy_done[0].stderr[-800:] if spy_done else "py-spy did not run"
         print(f"bench profile: py-spy failed: {detail}", file=sys.stderr)
         return 1
+    what = f"wrk -c{args.wrk}" if args.wrk else f"{args.streams} paced streams"
     text = "\n".join(
         [
-            f"# Gateway profile: {args.streams} paced streams ({stamp} UTC)",
+            f"# Gateway profile: {what} ({stamp} UTC)",
             "",
             f"- gateway `{config.label}`: {config.describe()}",
-            f"- load: {args.streams} streams of {args.chunks} chunks, one every {args.gap_ms:g} "
-            f"ms; {load.chunks / load.elapsed_s:,.0f} chunks/s; invalid {load.invalid}",
+            f"- load: {describe}; invalid {load.invalid}",
             f"- py-spy --gil {'--native ' if args.native else ''}at {args.rate} Hz for "
             f"{args.seconds:g} s; raw stacks: {raw_file.name}",
             "",
@@ -179,3 +191,41 @@ def main(argv: list[str]) -> int:
     print(text)
     print(f"bench profile: wrote {summary}", file=sys.stderr)
     return 1 if load.invalid else 0
+
+
+def _stream_load(
+    args: argparse.Namespace, url: str, api_key: str, on_mark: Callable[[str, int], None]
+) -> LoadResult:
+    stream_s = args.chunks * args.gap_ms / 1000
+    return run_streamload(
+        url,
+        args.load_cpus,
+        args.chunks,
+        args.streams,
+        seconds=args.seconds + 1,
+        ramp=stream_s,
+        think_ms=args.gap_ms,
+        warmup=max(1.0, 2 * stream_s),
+        api_key=api_key,
+        on_mark=on_mark,
+    )
+
+
+def _wrk_load(
+    args: argparse.Namespace,
+    url: str,
+    api_key: str,
+    logs: Path,
+    on_mark: Callable[[str, int], None],
+) -> LoadResult:
+    """wrk for the sampled seconds plus a second either side; py-spy starts after the first."""
+    body_file = logs / "body.json"
+    body_file.write_bytes(CHAT_BODY)
+    timer = threading.Timer(1.0, on_mark, ("start", 0))
+    timer.start()
+    try:
+        seconds = round(args.seconds) + 2
+        chat = url + "/v1/chat/completions"
+        return run_wrk(chat, args.wrk, seconds, args.load_cpus, body_file, api_key)
+    finally:
+        timer.cancel()

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from bench.procs import ROOT, Service, free_port, pinned
 
 MODEL = "bench-model"
@@ -31,6 +33,15 @@ BASE_ENV = {
     "GATEWAY_MAX_INFLIGHT_PER_WORKER": "8192",
 }
 KEY_LIMITS = ("rpm", "tpm", "max_concurrent")
+# The non-streaming request wrk sends. Compact JSON on purpose: bench.streamload sends spaced
+# JSON, so the upstream's stream detection and the gateway's parsing see both spellings.
+CHAT_BODY = orjson.dumps(
+    {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something, please."}],
+        "max_tokens": 32,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

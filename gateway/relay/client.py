@@ -37,6 +37,14 @@ class ClientLink(Protocol):
         """Write one non-empty piece of the answer now; False when the client is gone."""
         ...
 
+    def hold(self) -> None:
+        """Keep the answer's next writes (its head) to send them with what follows."""
+        ...
+
+    def release(self) -> None:
+        """Write what hold() kept."""
+        ...
+
     def on_lost(self, callback: Callable[[], None] | None) -> None:
         """Call `callback` once when the connection closes (None: no longer)."""
         ...
@@ -78,6 +86,9 @@ class ClientWriter:
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         self.started = True
+        if self._link is not None:
+            # The head leaves with the body's first piece, in one write (body() releases it).
+            self._link.hold()
         await self._emit({"type": "http.response.start", "status": status, "headers": headers})
 
     async def body(self, body: bytes, *, final: bool = False) -> None:
@@ -94,6 +105,8 @@ class ClientWriter:
         if final:
             self._watch.finished = True
         await self._emit({"type": "http.response.body", "body": body, "more_body": not final})
+        if link is not None:
+            link.release()
 
     def chunk_link(self) -> ClientLink | None:
         """The connection a started chunked answer's pieces may be written to directly, if the
