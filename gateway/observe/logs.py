@@ -24,15 +24,32 @@ ACCESS_LOGGER = "gateway.access"
 AccessSink = Callable[[dict[str, Any]], None]
 
 
-def _timestamp(created: float) -> str:
-    millis = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+class Timestamps:
+    """ISO 8601 UTC times with milliseconds; the part to the second is formatted once per second
+    (`time.strftime` was about 3 µs of every access line)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = (-1, "")  # (second, its text), replaced whole: safe across threads
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        last_second, text = self._last
+        if second != last_second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._last = (second, text)
+        return f"{text}.{int(created * 1000) % 1000:03d}Z"
 
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamp = Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": _timestamp(record.created),
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
@@ -53,6 +70,7 @@ class LogWriter:
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
         self._formatter = JSONFormatter()
+        self._timestamp = Timestamps()
         self.queue: queue.SimpleQueue[logging.LogRecord | dict[str, Any] | None] = (
             queue.SimpleQueue()
         )
@@ -97,7 +115,7 @@ class LogWriter:
 
     def _render(self, item: logging.LogRecord | dict[str, Any]) -> str:
         if isinstance(item, dict):
-            line = {"ts": _timestamp(item.pop("ts")), "level": "info", "logger": ACCESS_LOGGER}
+            line = {"ts": self._timestamp(item.pop("ts")), "level": "info", "logger": ACCESS_LOGGER}
             line.update(item)
             return orjson.dumps(line).decode()
         return self._formatter.format(item)

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 
-from gateway.observe.logs import ACCESS_LOGGER, LogWriter
+from gateway.observe.logs import ACCESS_LOGGER, LogWriter, Timestamps
 
 
 def test_every_queued_line_is_written_once_in_order_as_json() -> None:
@@ -47,3 +47,12 @@ def test_the_writer_outlives_a_broken_stream_and_a_bad_log_call() -> None:
     writer.access({"request_id": "2"})
     writer.stop()
     assert writer.lost == 3  # the lines after the failed write were still taken and tried
+
+
+def test_timestamps_are_utc_to_the_millisecond_across_seconds() -> None:
+    stamp = Timestamps()
+    base = 1_764_633_599.0  # 2025-12-01T23:59:59Z
+    assert stamp(base + 0.0004) == "2025-12-01T23:59:59.000Z"
+    assert stamp(base + 0.9996) == "2025-12-01T23:59:59.999Z"
+    assert stamp(base + 1.25) == "2025-12-02T00:00:00.250Z"  # the next second (and day)
+    assert stamp(base + 0.5) == "2025-12-01T23:59:59.500Z"  # an earlier one again
