@@ -26,6 +26,7 @@ from gateway.config.models import ModelsConfig, load_models_config
 from gateway.config.placement import placement_errors
 from gateway.config.settings import Settings
 from gateway.limits.buckets import LocalBuckets
+from gateway.limits.headroom import Headroom
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.logs import AccessSink, configure_logging, logging_access
@@ -82,6 +83,7 @@ def _limiter(settings: Settings, metrics: Metrics) -> Limiter:
         LocalBuckets(settings.redis_fail_open_share if shared else 1.0),
         metrics,
         fail_open=settings.redis_fail_open,
+        headroom=Headroom(settings.limits_early_window) if settings.limits_early_window else None,
     )
 
 

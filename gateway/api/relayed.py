@@ -31,7 +31,7 @@ from gateway.errors import (
     UnknownRoute,
     UnsupportedEndpoint,
 )
-from gateway.limits.limiter import Reservation
+from gateway.limits.limiter import Limiter, Reservation
 from gateway.limits.reserve import reserve_tokens
 from gateway.record import RequestRecord
 from gateway.relay.amend import body_asking_usage, body_prioritized, body_tagged
@@ -85,25 +85,41 @@ class EndpointRoute:
             priority = effective_priority(principal, scope["headers"], view)
             if target.load is not None:
                 await state.adapters.ensure(*target.load, record.request_id)
-            reservation = await _admit(state, principal, view)
+            limits = _limits(state, principal, view)
+            admission: EarlyAdmission | None = None
+            reservation: Reservation | None = None
+            if limits is not None:
+                if state.limiter.early(*limits):  # to the worker while the admit is in flight
+                    admission = EarlyAdmission(state.limiter, *limits)
+                else:
+                    reservation = await state.limiter.admit(*limits)
         except GatewayError as exc:
             record.error_code = exc.code
             await exc.to_response(dialect=dialect)(scope, receive, send)
             return
-        record.model = view.model  # a configured name (model or adapter): a bounded label
         prefix = target.queue.route.prefix if self.spec.cache_aware else None
-        prefer = _preference(state.settings, scope, view, prefix, target.only)
-        if prefer is not None and prefer.prefix is not None:
-            record.prompt_blocks = len(prefer.prefix)
-        lease = WorkerLease(
-            target.queue, state.health, record, key=principal.name, prefer=prefer, priority=priority
-        )
-        outbound = _outbound(state, scope, record, view, reservation, prefer)
-        if view.endpoint in _ENGINE_PRIORITY and _schedules_by_priority(state, view.model):
-            outbound.body = body_prioritized(outbound.body, view, priority)
         try:
+            record.model = view.model  # a configured name (model or adapter): a bounded label
+            prefer = _preference(state.settings, scope, view, prefix, target.only)
+            if prefer is not None and prefer.prefix is not None:
+                record.prompt_blocks = len(prefer.prefix)
+            lease = WorkerLease(
+                target.queue,
+                state.health,
+                record,
+                key=principal.name,
+                prefer=prefer,
+                priority=priority,
+            )
+            outbound = _outbound(state, scope, record, view, reservation, prefer)
+            if view.endpoint in _ENGINE_PRIORITY and _schedules_by_priority(state, view.model):
+                outbound.body = body_prioritized(outbound.body, view, priority)
+            if admission is not None:
+                outbound.admission = admission.headers
             await Relay(state.relaying, lease, record, outbound)(scope, receive, send)
         finally:
+            if admission is not None:
+                reservation = await admission.outcome()
             if reservation is not None:
                 await settle(state.limiter, reservation, record)
             if prefix is not None and record.usage is not None:
@@ -273,19 +289,42 @@ def _tag(view: RequestView) -> str:
     return client if isinstance(client, str) and client else "gw-" + os.urandom(8).hex()
 
 
-async def _admit(state: AppState, principal: Principal, view: RequestView) -> Reservation | None:
+def _limits(
+    state: AppState, principal: Principal, view: RequestView
+) -> tuple[Principal, int] | None:
+    """Whom the limiter decides for, and the tokens to reserve (None: no keys, no limits)."""
     if state.keys is None:  # no keys: one anonymous caller, no limits, no usage per key
         return None
     usage = view.endpoint.spec.usage
     if usage == "none":  # no token limit here: requests per minute and concurrency only
         if principal.tpm is not None:
             principal = dataclasses.replace(principal, tpm=None)
-        return await state.limiter.admit(principal, 0)
+        return principal, 0
     if usage == "prompt":
-        reserve = len(view.body) // 4 + 1
-    else:
-        reserve = reserve_tokens(view, state.settings.default_reserved_completion_tokens)
-    return await state.limiter.admit(principal, reserve)
+        return principal, len(view.body) // 4 + 1
+    return principal, reserve_tokens(view, state.settings.default_reserved_completion_tokens)
+
+
+class EarlyAdmission:
+    """The admit of a request that went to its worker before its answer (limits/headroom.py):
+    `headers` for the relay (the x-ratelimit headers, or the refusal), and the reservation to
+    settle afterwards."""
+
+    def __init__(self, limiter: Limiter, principal: Principal, cost: int) -> None:
+        self.reservation: Reservation | None = None
+        self._limiter = limiter
+        self.headers = asyncio.get_running_loop().create_task(self._admit(principal, cost))
+
+    async def _admit(self, principal: Principal, cost: int) -> list[tuple[bytes, bytes]]:
+        self.reservation = await self._limiter.admit(principal, cost, early=True)
+        return self.reservation.headers
+
+    async def outcome(self) -> Reservation | None:
+        """The reservation once decided (None: refused, or the limiter failed closed)."""
+        await asyncio.wait([self.headers])
+        if not self.headers.cancelled():
+            self.headers.exception()  # retrieved: the relay answered with it, or the client left
+        return self.reservation
 
 
 def _outbound(  # noqa: PLR0917 (the one call site names them)

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # A finished request's settle (refund, lease, usage) waits up to this long for the next
     # admit to ride in (one Redis round trip per request); with none coming it goes alone.
     limits_settle_delay: Seconds = 0.005
+    # A request of a key far from all its limits (each at most half used, judged from the key's
+    # last decision, at most this many seconds old) goes to its worker while its admit is in
+    # flight; the admit's answer is awaited before the client's answer starts, and a refusal
+    # still refuses and cuts the worker's request off. 0: every request waits for its admit.
+    limits_early_window: Annotated[float, Field(ge=0)] = 1.0
 
     # Worker health. Active: GET /health and /metrics every `health_interval` seconds (0 = off).
     # Passive: `eject_after_failures` failed exchanges in a row (0 = never) eject a worker for

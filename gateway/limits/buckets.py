@@ -27,6 +27,7 @@ class Decision:
     tokens_left: float
     day_charged: float = 0.0  # budget tokens charged this day / month (with this request's)
     month_charged: float = 0.0
+    leases_held: float = 0.0  # concurrency leases held (with this request's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from gateway.config.keys import Principal
 from gateway.errors import InsufficientQuota, LimiterUnavailable, RateLimited
 from gateway.limits.buckets import Buckets, Counters, Decision, Spent
 from gateway.limits.budget import Periods, periods, reset_text
+from gateway.limits.headroom import Headroom
 from gateway.observe.metrics import Metrics
 
 log = logging.getLogger("gateway.limits.limiter")
@@ -148,6 +149,7 @@ class Limiter:
         fail_open: bool,
         retry_interval: float = 1.0,
         count_usage: bool = True,
+        headroom: Headroom | None = None,
     ) -> None:
         self._shared = shared
         self._local = local
@@ -157,8 +159,26 @@ class Limiter:
         self._down_until = 0.0
         self._incident = False
         self._count_usage = count_usage
+        self._headroom = headroom if shared is not None else None  # only Redis keeps one waiting
 
-    async def admit(self, principal: Principal, cost: int) -> Reservation:
+    def early(self, principal: Principal, cost: int) -> bool:
+        """True: the request may go to its worker while its admit is in flight (headroom.py);
+        then admit it with `early=True`."""
+        headroom = self._headroom
+        if headroom is None or not principal.limited or time.monotonic() < self._down_until:
+            return False
+        return headroom.take(principal, cost)
+
+    async def admit(self, principal: Principal, cost: int, *, early: bool = False) -> Reservation:
+        if not early:
+            return await self._admit(principal, cost)
+        assert self._headroom is not None
+        try:
+            return await self._admit(principal, cost)
+        finally:
+            self._headroom.done(principal, cost)
+
+    async def _admit(self, principal: Principal, cost: int) -> Reservation:
         when = periods()
         if not principal.limited:  # nothing to decide: only its usage will be counted
             return Reservation(principal, 0, "", self._shared is None, when=when, decided=False)
@@ -192,6 +212,8 @@ class Limiter:
                 self._trouble(exc)
             else:
                 self._recovered()
+                if self._headroom is not None:
+                    self._headroom.saw(principal.name, decision)
                 return decision, False
         if self._shared is not None:
             self._metrics.ratelimit_local_decisions.inc()
@@ -250,6 +272,8 @@ class Limiter:
 
     def _trouble(self, exc: BaseException) -> None:
         self._metrics.redis_errors.inc()
+        if self._headroom is not None:
+            self._headroom.forget()
         self._down_until = time.monotonic() + self._retry_interval
         if not self._incident:
             self._incident = True

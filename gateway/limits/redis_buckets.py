@@ -116,7 +116,7 @@ class RedisBuckets:
         riding = self._pending.pop((principal.name, when.day, when.month), None)
         args += ["1", *riding.args()] if riding is not None else ["0"]
         reply = await self._batch.call(self._admit, self._keys(principal.name, when), args)
-        admitted, refused, wait, requests, tokens, _, day, month = (
+        admitted, refused, wait, requests, tokens, held, day, month = (
             v.decode() if isinstance(v, bytes) else str(v) for v in reply
         )
         return Decision(
@@ -127,6 +127,7 @@ class RedisBuckets:
             float(tokens),
             float(day),
             float(month),
+            float(held),
         )
 
     async def settle(

@@ -87,6 +87,10 @@ class Outbound:
     # Responses API: called with the id of the response the worker made (before the client
     # sees it), so later requests about it find this worker.
     remember: Callable[[str], Awaitable[None]] | None = None
+    # The request's limits decision when it went to the worker before it (limits/headroom.py):
+    # resolves to the x-ratelimit headers, or raises the refusal. Awaited before the client's
+    # answer starts; a refusal arriving earlier cuts the worker's request off.
+    admission: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
 
 
 class Relay:
@@ -106,7 +110,8 @@ class Relay:
         self._client: ClientWriter | None = None
         self._response: UpstreamResponse | None = None
         self._task: asyncio.Task[None] | None = None
-        self._interrupted = False
+        self._interruption: GatewayError | None = None  # why the relay was cut short
+        self._gated = outbound.admission is None  # True: no limits decision left to wait for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
@@ -122,28 +127,56 @@ class Relay:
             self._out.headers,
         )
         self._drain.track(self)
+        admission = self._out.admission
+        if admission is not None:
+            admission.add_done_callback(self._decided)
         try:
             async with watch:
                 await self._exchange()
         except asyncio.CancelledError:
-            if not self._interrupted or self._task is None:
+            if self._interruption is None or self._task is None:
                 raise
             self._task.uncancel()
-            await self._end_interrupted()
+            await self._end_interrupted(self._interruption)
         finally:
+            self._gated = True  # a decision arriving from now on cuts nothing off
+            if admission is not None:
+                admission.remove_done_callback(self._decided)
             self._drain.untrack(self)
             self._record.client_gone = watch.gone
 
     def interrupt(self) -> None:
         """The drain's deadline passed: stop relaying (see _end_interrupted)."""
-        if self._task is not None and not self._interrupted:
-            self._interrupted = True
+        self._cut(ShuttingDown("The gateway is shutting down; retry the request."))
+
+    def _cut(self, reason: GatewayError) -> None:
+        if self._task is not None and self._interruption is None:
+            self._interruption = reason
             self._task.cancel()
 
-    async def _end_interrupted(self) -> None:
-        """Tell the client the gateway is shutting down: an error event and [DONE] after a
-        stream's start, else a 503 answer. The worker is not blamed."""
-        error = ShuttingDown("The gateway is shutting down; retry the request.")
+    def _decided(self, admission: asyncio.Future[list[tuple[bytes, bytes]]]) -> None:
+        """The limits decision of a request sent early came in while the worker was at it:
+        a refusal cuts the worker's request off (vLLM aborts it) and answers the client."""
+        if self._gated or admission.cancelled():
+            return
+        refusal = admission.exception()
+        if isinstance(refusal, GatewayError):
+            self._cut(refusal)
+
+    async def _pass_gate(self) -> None:
+        """Before the client's answer starts: the limits decision, if the request went to its
+        worker before it. Raises the refusal; else adds the x-ratelimit headers."""
+        if self._gated:
+            return
+        self._gated = True
+        admission = self._out.admission
+        assert admission is not None
+        self._out.headers.extend(await asyncio.shield(admission))
+
+    async def _end_interrupted(self, error: GatewayError) -> None:
+        """Tell the client why the relay was cut short (the gateway shutting down, or the
+        request refused by its limits after it went to the worker): an error event and [DONE]
+        after a stream's start, else the error as the answer. The worker is not blamed."""
         client = self._writer
         self._record.error_code = error.code
         try:
@@ -224,6 +257,7 @@ class Relay:
             self._record.timing.upstream = time.perf_counter() - sent_at
         if response.status != 200:
             raise upstream_error_from_body(response.status, body)
+        await self._pass_gate()
         if self._out.usage:
             self._record.usage = usage_of_answer(body)  # UpstreamInvalid: not a JSON object
         if self._out.remember is not None:
@@ -243,6 +277,7 @@ class Relay:
         try:
             async with MovingDeadline(first_deadline) as deadline:
                 response, events = await self._first_events(framer)
+                await self._pass_gate()
                 if self._out.remember is not None:
                     await _remember_id(self._out.remember, events)
                 await self._writer.start(200, _SSE_HEADERS, None)
@@ -406,6 +441,10 @@ class Relay:
             self._record.upstream_violation = exc.violation
 
     async def _send_error(self, exc: GatewayError) -> None:
+        try:
+            await self._pass_gate()
+        except GatewayError as refusal:  # refused by its limits: that is the answer
+            exc = refusal
         self._note(exc)
         await self._writer.error(exc, self._out.dialect)
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from redis import Redis
 
 from gateway.api.validation import parse_request
 from gateway.config.keys import hash_key, new_key
@@ -36,6 +37,8 @@ LIMITS: dict[str, dict[str, int]] = {
     "solo-disconnect": {"max_concurrent": 1},
     "solo-cut": {"max_concurrent": 1},
     "headers": {"rpm": 3, "tpm": 5000},
+    "early": {"rpm": 100},
+    "early-stream": {"rpm": 100},
 }
 
 
@@ -334,3 +337,45 @@ async def test_ratelimit_headers_on_admitted_and_refused_answers(shared: Shared)
     assert refused.headers["x-ratelimit-limit-tokens"] == "5000"
     assert int(refused.headers["x-ratelimit-remaining-tokens"]) > 0
     assert DURATION.match(refused.headers["x-ratelimit-reset-tokens"])
+
+
+def fake_stats(shared: Shared) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(shared.fake + "/fake/stats").json()
+    return stats
+
+
+@pytest.mark.parametrize("name", ["early", "early-stream"])
+async def test_a_request_sent_before_its_admit_is_cut_off_when_redis_refuses_it(
+    shared: Shared, module_redis_url: str, name: str
+) -> None:
+    """A key far from its limits sends to the worker while the admit is in flight; when another
+    replica has used up the key meanwhile (here: Redis's bucket emptied behind the gateway's
+    back), the refusal still holds: 429, and the worker's request is cut off, not finished."""
+    gateway, key = shared.gateways[0], shared.keys[name]
+    stream = name == "early-stream"
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = await send(client, gateway, key, body())  # waits for its admit: 99 left
+        assert first.status == 200, first.text
+        redis = Redis.from_url(module_redis_url)
+        seconds, micros = redis.time()
+        redis.hset(f"gw:{{{name}}}:rpm", mapping={"v": "0", "at": f"{seconds}.{micros:06d}"})
+        redis.close()
+        before = fake_stats(shared)
+        started = time.monotonic()
+        # Within a second of the last decision, which left 99 of 100: this one goes early.
+        refused = await send(client, gateway, key, body(stream=stream, fake={"stall_first": 20}))
+        elapsed = time.monotonic() - started
+        for _ in range(100):  # the worker notices the cut within 5 s
+            if fake_stats(shared)["aborted"] > before["aborted"]:
+                break
+            await asyncio.sleep(0.05)
+        after_refusal = fake_stats(shared)
+        again = await send(client, gateway, key, body(stream=stream))  # near the limit: waits
+        after_again = fake_stats(shared)
+
+    assert_rate_limited(refused, name, "requests per minute")
+    assert elapsed < 5, elapsed  # cut off, not the worker's 20 s
+    assert after_refusal["requests"] == before["requests"] + 1  # it did reach the worker,
+    assert after_refusal["aborted"] == before["aborted"] + 1  # which saw it cut off
+    assert_rate_limited(again, name, "requests per minute")
+    assert after_again["requests"] == after_refusal["requests"]  # this one never reached it
