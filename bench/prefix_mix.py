@@ -89,6 +89,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--max-tokens", type=int, default=16, help="tokens per answer (16)")
     add("--kv-blocks", type=int, default=200, help="KV cache per worker, 128-token blocks (200)")
     add("--dtype", default=DEFAULT_DTYPE, help=f"vLLM --dtype of the workers ({DEFAULT_DTYPE})")
+    add(
+        "--shared-cpus",
+        action="store_true",
+        help="one thread per worker, not pinned: the kernel shares the CPUs evenly (default: "
+        "each worker pinned to a CPU, which with more workers than CPUs puts some on one)",
+    )
     add("--quick", action="store_true", help="smoke run: tiny sizes, 1 run")
     add("--workloads", default="a,b,c", type=lambda v: _subset(v, list(WORKLOADS)))
     add("--policies", default=",".join(POLICIES), type=lambda v: _subset(v, list(POLICIES)))
@@ -241,6 +247,12 @@ def write(bench: Bench, args: argparse.Namespace, runs: list[RunResult], started
     return text
 
 
+def _cpus(engines: LocalWorkers, *, shared: bool) -> str:
+    if shared:
+        return "one thread per worker, not pinned (--shared-cpus)"
+    return ", ".join(f"{launch.name} on CPU {launch.cpu_bind}" for launch in engines.launches)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = datetime.now(UTC)
@@ -251,15 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     engines = LocalWorkers(
         config,
         ports=ports,
-        env={"VLLM_SERVER_DEV_MODE": "1"},  # serves POST /reset_prefix_cache
+        # VLLM_SERVER_DEV_MODE serves POST /reset_prefix_cache
+        env={"VLLM_SERVER_DEV_MODE": "1", **({"OMP_NUM_THREADS": "1"} if args.shared_cpus else {})},
         stand_in_shape=STAND_IN_SHAPE,
+        cpu_bind="nobind" if args.shared_cpus else None,
     )
     with engines:
         bench = Bench(
             workers=[launch.base_url for launch in engines.launches],
-            cpus=", ".join(
-                f"{launch.name} on CPU {launch.cpu_bind}" for launch in engines.launches
-            ),
+            cpus=_cpus(engines, shared=args.shared_cpus),
             config_path=write_attached_config(engines, log_dir / "models.yaml"),
             log_dir=log_dir,
             sizes=sizes_of(args),

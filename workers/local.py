@@ -108,7 +108,8 @@ class LocalWorkers:
 
     `ports` maps worker names to ports that replace the configured ones (tests pass free ports).
     `env` is added to every server's environment; `stand_in_shape` names the stand-in's size
-    (workers.tinymodel.SHAPES; None: the default).
+    (workers.tinymodel.SHAPES; None: the default); `cpu_bind` replaces every worker's planned
+    VLLM_CPU_OMP_THREADS_BIND (e.g. "nobind": the kernel shares the CPUs among them).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class LocalWorkers:
         progress: Callable[[str], None] = print_line,
         env: Mapping[str, str] | None = None,
         stand_in_shape: str | None = None,
+        cpu_bind: str | None = None,
     ) -> None:
         self._config = config
         self._env = dict(env or {})
@@ -139,7 +141,11 @@ class LocalWorkers:
         launches = plan_launches(config, cache_dir=cache_dir, host=host, ports=ports, cpus=cpus)
         # Each process on this machine publishes its KV-cache events on a port of its own.
         self._launches = {
-            launch.name: dataclasses.replace(launch, kv_events_port=_free_port(host))
+            launch.name: dataclasses.replace(
+                launch,
+                kv_events_port=_free_port(host),
+                cpu_bind=launch.cpu_bind if cpu_bind is None else cpu_bind,
+            )
             for launch in launches
         }
         self._processes: dict[str, subprocess.Popen[bytes]] = {}

@@ -7,7 +7,9 @@ dependency solving per request (the completion routes are the hot path)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -46,8 +48,15 @@ from gateway.routing.registry import ModelRoute, Worker
 from gateway.routing.response_homes import Home
 from gateway.state import AppState
 
+log = logging.getLogger("gateway.api")
+
 # Where vLLM reads a request's scheduling `priority` (a JSON body of its own API).
 _ENGINE_PRIORITY = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES})
+
+# Where a request may go to its worker before its admit's answer: generation, which closing the
+# connection aborts (a refusal then costs the worker a moment). Not a cancel, a stored
+# response's fetch or a background response (done at once, or going on without the connection).
+_EARLY = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES})
 
 # A query string relayed to the worker as it came: only characters that need no escaping.
 _SAFE_QUERY = re.compile(rb"[A-Za-z0-9._~%&=+\-\[\]]{1,2000}")
@@ -89,7 +98,7 @@ class EndpointRoute:
             admission: EarlyAdmission | None = None
             reservation: Reservation | None = None
             if limits is not None:
-                if state.limiter.early(*limits):  # to the worker while the admit is in flight
+                if _may_go_early(view) and state.limiter.early(*limits):
                     admission = EarlyAdmission(state.limiter, *limits)
                 else:
                     reservation = await state.limiter.admit(*limits)
@@ -115,7 +124,7 @@ class EndpointRoute:
             if view.endpoint in _ENGINE_PRIORITY and _schedules_by_priority(state, view.model):
                 outbound.body = body_prioritized(outbound.body, view, priority)
             if admission is not None:
-                outbound.admission = admission.headers
+                outbound.admission = admission.decision
             await Relay(state.relaying, lease, record, outbound)(scope, receive, send)
         finally:
             if admission is not None:
@@ -305,15 +314,19 @@ def _limits(
     return principal, reserve_tokens(view, state.settings.default_reserved_completion_tokens)
 
 
+def _may_go_early(view: RequestView) -> bool:
+    return view.endpoint in _EARLY and view.doc.get("background") is not True
+
+
 class EarlyAdmission:
     """The admit of a request that went to its worker before its answer (limits/headroom.py):
-    `headers` for the relay (the x-ratelimit headers, or the refusal), and the reservation to
-    settle afterwards."""
+    `decision` for the relay (resolves to the x-ratelimit headers, or raises the refusal), and
+    the reservation to settle afterwards."""
 
     def __init__(self, limiter: Limiter, principal: Principal, cost: int) -> None:
         self.reservation: Reservation | None = None
         self._limiter = limiter
-        self.headers = asyncio.get_running_loop().create_task(self._admit(principal, cost))
+        self.decision = asyncio.get_running_loop().create_task(self._admit(principal, cost))
 
     async def _admit(self, principal: Principal, cost: int) -> list[tuple[bytes, bytes]]:
         self.reservation = await self._limiter.admit(principal, cost, early=True)
@@ -321,9 +334,14 @@ class EarlyAdmission:
 
     async def outcome(self) -> Reservation | None:
         """The reservation once decided (None: refused, or the limiter failed closed)."""
-        await asyncio.wait([self.headers])
-        if not self.headers.cancelled():
-            self.headers.exception()  # retrieved: the relay answered with it, or the client left
+        decision = self.decision
+        if not decision.done():  # the client left, or the worker failed, before the gate
+            with contextlib.suppress(Exception):
+                await asyncio.shield(decision)  # (a cancel of ours must not cancel it)
+        if not decision.cancelled():
+            error = decision.exception()  # retrieved: the relay answered with a refusal
+            if error is not None and not isinstance(error, GatewayError):
+                log.error("request limits failed", exc_info=error)
         return self.reservation
 
 

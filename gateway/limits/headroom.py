@@ -15,6 +15,7 @@ most half used, this request included.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -75,5 +76,7 @@ class Headroom:
             seen.tokens_out = max(0, seen.tokens_out - cost)
 
     def forget(self) -> None:
-        """Redis is in trouble: nothing goes early until fresh decisions come in."""
-        self._seen.clear()
+        """Redis is in trouble: nothing goes early until fresh decisions come in (what went
+        early is still counted until its answer)."""
+        for seen in self._seen.values():
+            seen.at = -math.inf

@@ -171,7 +171,10 @@ class Relay:
         self._gated = True
         admission = self._out.admission
         assert admission is not None
-        self._out.headers.extend(await asyncio.shield(admission))
+        if admission.done():  # usually: Redis answered while the worker worked
+            self._out.headers.extend(admission.result())
+        else:  # (a cancel of the relay, the client leaving, must not cancel the decision)
+            self._out.headers.extend(await asyncio.shield(admission))
 
     async def _end_interrupted(self, error: GatewayError) -> None:
         """Tell the client why the relay was cut short (the gateway shutting down, or the
@@ -277,7 +280,9 @@ class Relay:
         try:
             async with MovingDeadline(first_deadline) as deadline:
                 response, events = await self._first_events(framer)
-                await self._pass_gate()
+                if not self._gated:
+                    deadline.at = total_deadline  # waiting for Redis is not the worker's silence
+                    await self._pass_gate()
                 if self._out.remember is not None:
                     await _remember_id(self._out.remember, events)
                 await self._writer.start(200, _SSE_HEADERS, None)

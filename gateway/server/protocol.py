@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -85,9 +85,12 @@ class _Held:
 
     def flush(self) -> None:
         parts = self.parts
-        if parts:
+        if parts and not self.transport.is_closing():
             self.parts = []
-            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+            if len(parts) == 1:
+                self.transport.write(parts[0])
+            else:  # one write, without copying a large body into a new buffer
+                self.transport.writelines(parts)
 
 
 class ClientLink:
@@ -113,17 +116,20 @@ class ClientLink:
         if cycle is None or self._held is not None or protocol.flow.write_paused:
             return
         held = self._held = _Held(protocol.transport)
-        cycle.transport = held  # type: ignore[assignment]
+        cycle.transport = cast(asyncio.Transport, held)
         protocol.loop.call_soon(self.release)
 
     def release(self) -> None:
         """Write what hold() kept, in one write."""
+        held = self._unhold()
+        if held is not None:
+            held.flush()
+
+    def _unhold(self) -> _Held | None:
         held, self._held = self._held, None
-        if held is None:
-            return
-        if self.cycle is not None:
+        if held is not None and self.cycle is not None:
             self.cycle.transport = held.transport
-        held.flush()
+        return held
 
     def write_paused(self) -> bool:
         return bool(self._protocol.flow.write_paused)
@@ -168,7 +174,7 @@ class ClientLink:
             callback()
 
     def abort(self) -> None:
-        self._held = None
+        self._unhold()  # what it held is dropped with the connection
         self._protocol.transport.abort()
 
 
@@ -288,6 +294,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _refuse(self, error: GatewayError) -> None:
         """Answer with the error and close; a request already in the app is cut off."""
         self._disarm()
+        for link in self._links:  # a head held back goes first, in order
+            link.release()
         if not self.transport.is_closing():
             self.transport.write(_answer(error))
             self.transport.close()

@@ -65,8 +65,12 @@ def test_each_limit_must_stay_at_most_half_used_counting_what_went_early() -> No
     assert room.take(budget, 100)
 
 
-def test_redis_trouble_forgets_every_key() -> None:
+def test_redis_trouble_stops_early_sends_but_keeps_counting_those_out() -> None:
     room = Headroom(window=60.0)
-    room.saw("k", admitted(requests=99))
+    rpm = key(rpm=100)
+    room.saw("k", admitted(requests=60))
+    assert [room.take(rpm, 0) for _ in range(5)] == [True] * 5  # 5 out, 55 would be left
     room.forget()
-    assert not room.take(key(rpm=100), 0)
+    assert not room.take(rpm, 0)
+    room.saw("k", admitted(requests=60))  # a fresh decision: the 5 still count
+    assert [room.take(rpm, 0) for _ in range(6)] == [True] * 5 + [False]
