@@ -79,6 +79,10 @@ class ScriptBatcher:
         self._queue.append((script, keys, args, future))
         return await future
 
+    def busy(self) -> bool:
+        """A batch is in flight: a call now waits for it before its own goes out."""
+        return self._draining
+
     def kick(self) -> None:
         """Deferred calls are due: send them now, or with whatever is in flight's successor."""
         if not self._draining and self._has_deferred():

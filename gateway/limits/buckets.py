@@ -68,6 +68,10 @@ class Buckets(Protocol):
         """The key's counters this day and this month."""
         ...
 
+    def batching(self) -> bool:
+        """True while decisions are already waiting on one another (a batch in flight)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -79,6 +83,9 @@ class LocalBuckets:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._leases: dict[str, set[str]] = {}
         self._counters: dict[tuple[str, str], Counters] = defaultdict(lambda: defaultdict(int))
+
+    def batching(self) -> bool:
+        return False  # decided in process, at once
 
     def _level(self, key: tuple[str, str], limit: float, now: float) -> float:
         value, at = self._buckets.get(key, (limit, now))

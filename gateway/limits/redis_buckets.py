@@ -173,6 +173,9 @@ class RedisBuckets:
         self._pending.clear()
         return calls
 
+    def batching(self) -> bool:
+        return self._batch.busy()
+
     async def usage(self, name: str, when: Periods) -> tuple[Counters, Counters]:
         await self.flush()  # this replica's settles still waiting to go count too
         keys = self._keys(name, when)

@@ -15,6 +15,7 @@ from gateway.config.keys import Principal
 from gateway.errors import LimiterUnavailable, RateLimited
 from gateway.limits.buckets import Counters, Decision, LocalBuckets, Spent
 from gateway.limits.budget import Periods
+from gateway.limits.headroom import Headroom
 from gateway.limits.limiter import Limiter
 from gateway.limits.redis_buckets import RedisBuckets
 from gateway.observe.metrics import Metrics
@@ -196,6 +197,7 @@ class ScriptedRedis:
     def __init__(self, replies: list[Exception | asyncio.Event | None]) -> None:
         self._replies = replies
         self.started = asyncio.Event()
+        self.busy = False  # what batching() says
 
     async def decide(
         self, principal: Principal, cost: int, lease: str, when: Periods | None = None
@@ -207,6 +209,9 @@ class ScriptedRedis:
             self.started.set()
             await reply.wait()
         return Decision(True, "", 0.0, 99.0, 0.0)
+
+    def batching(self) -> bool:
+        return self.busy
 
     async def settle(
         self,
@@ -241,3 +246,20 @@ async def test_degraded_gauge_reads_1_exactly_while_decisions_are_made_without_r
 
     after = await gate.admit(principal, 10)
     assert sample(metrics, "gateway_ratelimit_degraded") == (1 if after.local else 0)
+
+
+async def test_early_only_after_a_decision_while_redis_is_idle_and_not_after_trouble() -> None:
+    scripted = ScriptedRedis([None, None, redis.ConnectionError("closed")])
+    limiter = Limiter(
+        scripted, LocalBuckets(), Metrics(), fail_open=True, headroom=Headroom(window=60.0)
+    )
+    principal = key(rpm=100)
+    assert not limiter.early(principal, 10)  # nothing known of the key yet
+    await limiter.admit(principal, 10)  # 99 requests left
+    scripted.busy = True
+    assert not limiter.early(principal, 10)  # decisions already share round trips: wait
+    scripted.busy = False
+    assert limiter.early(principal, 10)
+    await limiter.admit(principal, 10, early=True)
+    await limiter.admit(principal, 10)  # Redis fails: local, and nothing goes early for now
+    assert not limiter.early(principal, 10)
