@@ -10,11 +10,14 @@ pushed over a limit within the window costs its worker a moment's work.
 
 "Far" is judged from the key's last decision in this process, at most `window` seconds old,
 less what this process has sent early since without an answer yet: every limit of the key at
-most half used, this request included.
+most half used, this request included. The key's other requests in this process wait for those
+early admits to be decided before their own goes to Redis (`early_out`): Redis must decide the
+early ones first, against the headroom they were judged by, not after requests that came later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ class _Seen:
     decision: Decision
     requests_out: int = 0  # sent early, not yet decided
     tokens_out: int = 0
+    decided: asyncio.Future[None] | None = None  # set once none is out any more
 
 
 class Headroom:
@@ -66,7 +70,14 @@ class Headroom:
         )
         if far:
             seen.requests_out, seen.tokens_out = requests, tokens
+            if seen.decided is None:
+                seen.decided = asyncio.get_running_loop().create_future()
         return far
+
+    def early_out(self, name: str) -> asyncio.Future[None] | None:
+        """Done once the admits that went early for key `name` are decided (None: none is out)."""
+        seen = self._seen.get(name)
+        return seen.decided if seen is not None else None
 
     def done(self, principal: Principal, cost: int) -> None:
         """The admit of a request sent early has its answer."""
@@ -74,6 +85,9 @@ class Headroom:
         if seen is not None:
             seen.requests_out = max(0, seen.requests_out - 1)
             seen.tokens_out = max(0, seen.tokens_out - cost)
+            if not seen.requests_out and seen.decided is not None:
+                seen.decided.set_result(None)
+                seen.decided = None
 
     def forget(self) -> None:
         """Redis is in trouble: nothing goes early until fresh decisions come in (what went

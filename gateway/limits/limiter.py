@@ -8,6 +8,7 @@ fails open, the local buckets apply the same rules in this process (buckets.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -175,6 +176,9 @@ class Limiter:
 
     async def admit(self, principal: Principal, cost: int, *, early: bool = False) -> Reservation:
         if not early:
+            early_out = self._headroom.early_out(principal.name) if self._headroom else None
+            if early_out is not None:  # the key's early admits are decided first
+                await asyncio.shield(early_out)
             return await self._admit(principal, cost)
         assert self._headroom is not None
         try:

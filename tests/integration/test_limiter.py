@@ -263,3 +263,28 @@ async def test_early_only_after_a_decision_while_redis_is_idle_and_not_after_tro
     await limiter.admit(principal, 10, early=True)
     await limiter.admit(principal, 10)  # Redis fails: local, and nothing goes early for now
     assert not limiter.early(principal, 10)
+
+
+async def test_early_admits_are_decided_before_the_key_s_later_requests(redis_url: str) -> None:
+    """An early request was judged against the key's headroom then; requests of the key that
+    reach Redis after it was judged (here: ones already waiting to run) must not use that
+    headroom up first, or Redis refuses a request the worker is already working on."""
+    limiter = Limiter(
+        RedisBuckets(redis_url, timeout=2.0, lease_ttl=60.0),
+        LocalBuckets(),
+        Metrics(),
+        fail_open=False,
+        headroom=Headroom(window=60.0),
+    )
+    principal = key(tpm=1000)
+    try:
+        await limiter.admit(principal, 100)  # 900 left
+        waiting = [asyncio.create_task(limiter.admit(principal, 100)) for _ in range(9)]
+        assert limiter.early(principal, 100)  # 800 would be left
+        early = asyncio.create_task(limiter.admit(principal, 100, early=True))
+        results = await asyncio.gather(early, *waiting, return_exceptions=True)
+    finally:
+        await limiter.aclose()
+    assert not isinstance(results[0], BaseException), results[0]  # the early one is admitted
+    refused = [r for r in results[1:] if isinstance(r, RateLimited)]
+    assert len(refused) == 1  # 1,000 tokens: the first, the early one and 8 of the 9

@@ -27,7 +27,7 @@ def admitted(requests: float = 0, tokens: float = 0, held: float = 0, day: float
     return Decision(True, "", 0.0, requests, tokens, day, 0.0, held)
 
 
-def test_nothing_goes_early_before_a_decision_or_after_the_window(
+async def test_nothing_goes_early_before_a_decision_or_after_the_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     room = Headroom(window=1.0)
@@ -40,7 +40,7 @@ def test_nothing_goes_early_before_a_decision_or_after_the_window(
     assert not room.take(principal, 10)
 
 
-def test_each_limit_must_stay_at_most_half_used_counting_what_went_early() -> None:
+async def test_each_limit_must_stay_at_most_half_used_counting_what_went_early() -> None:
     room = Headroom(window=60.0)
     rpm = key("r", rpm=100)
     room.saw("r", admitted(requests=53))
@@ -65,7 +65,7 @@ def test_each_limit_must_stay_at_most_half_used_counting_what_went_early() -> No
     assert room.take(budget, 100)
 
 
-def test_redis_trouble_stops_early_sends_but_keeps_counting_those_out() -> None:
+async def test_redis_trouble_stops_early_sends_but_keeps_counting_those_out() -> None:
     room = Headroom(window=60.0)
     rpm = key(rpm=100)
     room.saw("k", admitted(requests=60))
