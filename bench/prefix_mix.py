@@ -2,7 +2,7 @@
 cache each), three workloads, three routing policies, each run through its own fresh gateway.
 
     python -m bench.prefix_mix [--runs 3] [--workers 3] [--concurrency 3] [--quick]
-        [--workloads a,b,c] [--policies least-loaded,session,cache-aware]
+        [--workloads a,b,c] [--policies least-loaded,session,cache-aware] [--shared-cpus]
         [--gateway-env GATEWAY_PREFIX_BALANCE=0.5 ...]
 
 Workloads: (a) multi-turn conversations resending their history, (b) a few long system prompts
