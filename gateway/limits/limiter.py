@@ -167,7 +167,7 @@ class Limiter:
         then admit it with `early=True`. Only while the limiter's link to Redis is idle: under
         load, decisions already share round trips, the process's CPU is what requests wait
         for, and a second task per request would cost more than the wait it hides (measured:
-        +8 % CPU per request at c=64)."""
+        +8 to +33 % CPU per request at c=64 in two runs, bench/RESULTS.md)."""
         headroom = self._headroom
         if headroom is None or not principal.limited or time.monotonic() < self._down_until:
             return False

@@ -1,8 +1,8 @@
-"""Writing the answer to the client: ASGI messages for the head and the end, stream chunks
-straight to the connection (ClientLink.write_chunk: measured cheaper per chunk than an ASGI
-message each), the ratelimit headers, and the write deadline for a client that stops reading
-(only armed while the connection's send buffer is full, so a reading client costs one check per
-write)."""
+"""Writing the answer to the client: ASGI messages for the head (held to leave in one write with
+the body's first piece: ClientLink.hold) and the end, stream chunks straight to the connection
+(ClientLink.write_chunk: measured cheaper per chunk than an ASGI message each), the ratelimit
+headers, and the write deadline for a client that stops reading (only armed while the
+connection's send buffer is full, so a reading client costs one check per write)."""
 
 from __future__ import annotations
 

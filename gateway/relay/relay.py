@@ -4,6 +4,8 @@ Non-streaming answers are relayed whole; streams event by event (after the first
 worker connection's read callback: relay/pump.py). Until the first
 byte is sent, failures become ordinary JSON errors with their status; after it, one SSE error
 event and `[DONE]`. When the client goes away the upstream request is closed, so vLLM aborts it.
+A request sent before its limits decision (Outbound.admission) waits for it before the first
+byte, and is cut off the same way when it is refused.
 """
 
 from __future__ import annotations
